@@ -1,0 +1,105 @@
+"""The O(B*K) Student-t mixture math that both backends share (SPEC §3, §4).
+
+Everything here is per (row, component), cheap, and needs special functions (lgamma,
+digamma) that Triton's interpreter cannot run, so it stays in PyTorch on the host side.
+The kernels only do the O(B*K*P*D) work and take these terms as inputs; gradients of
+these terms (for example d lgamma / d nu = digamma) come from PyTorch autograd.
+
+Shapes: ``nu`` is [B, K], ``log_sigma`` is [B, K, D], ``log_pi`` and ``available`` are [B, K].
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "log_normaliser",
+    "entropy",
+    "uncertainty",
+    "confidence_log_weights",
+    "mixture_uncertainty",
+    "row_weights",
+    "gamma_scales",
+    "check_some_component_available",
+]
+
+
+def log_normaliser(nu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    """C_k: log normalising constant of the D-variate Student-t with diagonal scale."""
+    dim = log_sigma.shape[-1]
+    half_nu_d = 0.5 * (nu + dim)
+    return (
+        torch.lgamma(half_nu_d)
+        - torch.lgamma(0.5 * nu)
+        - 0.5 * dim * torch.log(nu * math.pi)
+        - log_sigma.sum(-1)
+    )
+
+
+def entropy(nu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    """H_k: differential entropy of each component, [B, K]."""
+    dim = log_sigma.shape[-1]
+    half_nu_d = 0.5 * (nu + dim)
+    return -log_normaliser(nu, log_sigma) + half_nu_d * (
+        torch.digamma(half_nu_d) - torch.digamma(0.5 * nu)
+    )
+
+
+def uncertainty(nu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    """u_k = H_k / D: entropy per dimension, so the scale does not grow with D."""
+    return entropy(nu, log_sigma) / log_sigma.shape[-1]
+
+
+def check_some_component_available(available: torch.Tensor) -> None:
+    """Raise if any row has no available component (its mixture would be empty)."""
+    empty = ~available.any(dim=-1)
+    if bool(empty.any()):
+        rows = torch.nonzero(empty).flatten()[:8].tolist()
+        raise ValueError(
+            f"{int(empty.sum())} row(s) have every mixture component absent "
+            f"(first rows: {rows}); each row needs at least one available component"
+        )
+
+
+def confidence_log_weights(
+    uncertainty: torch.Tensor, available: torch.Tensor, tau: float = 1.0
+) -> torch.Tensor:
+    """log pi = log_softmax_k(-u_k / tau) over available components, -inf elsewhere."""
+    if tau <= 0:
+        raise ValueError(f"temperature tau must be positive, got {tau}")
+    if available.shape != uncertainty.shape:
+        raise ValueError(
+            f"available {tuple(available.shape)} must match uncertainty {tuple(uncertainty.shape)}"
+        )
+    check_some_component_available(available)
+    logits = (-uncertainty / tau).masked_fill(~available, float("-inf"))
+    return torch.log_softmax(logits, dim=-1)
+
+
+def mixture_uncertainty(log_pi: torch.Tensor, uncertainty: torch.Tensor) -> torch.Tensor:
+    """ubar = sum_k pi_k u_k: the per-row confidence reported with a prediction."""
+    # where() rather than exp(log_pi) * u: an absent component's u may be anything.
+    weighted = torch.where(torch.isfinite(log_pi), log_pi.exp() * uncertainty, 0.0)
+    return weighted.sum(-1)
+
+
+def row_weights(mean_uncertainty: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """w_b = B * softmax_b(-ubar_b / tau): confident teacher rows count more; mean 1."""
+    if tau <= 0:
+        raise ValueError(f"temperature tau must be positive, got {tau}")
+    return mean_uncertainty.shape[0] * torch.softmax(-mean_uncertainty / tau, dim=0)
+
+
+def gamma_scales(nu: torch.Tensor, num_samples: int, min_gamma: float = 1e-6) -> torch.Tensor:
+    """w = G^(-1/2) with G ~ Gamma(nu/2, rate nu/2), reparameterised, [B, K, S].
+
+    PyTorch's gamma sampler has implicit reparameterisation gradients, so nu is trained
+    through the samples. G is floored so that a rare near-zero draw cannot give an
+    infinite scale.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    half_nu = (0.5 * nu.float()).unsqueeze(-1).expand(*nu.shape, num_samples)
+    gamma = torch.distributions.Gamma(half_nu, half_nu, validate_args=False).rsample()
+    return gamma.clamp_min(min_gamma).rsqrt()

@@ -1,0 +1,69 @@
+"""Where the Triton kernels run: compiled on CUDA, or through Triton's CPU interpreter.
+
+Triton decides between compiling and interpreting when a ``@triton.jit`` function is
+defined, from the ``TRITON_INTERPRET`` environment variable. So the kernel modules are
+imported lazily, on first use, after this module has decided the mode from the device of
+the first tensors it sees. One process runs the kernels in one mode.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import types
+import warnings
+
+import torch
+
+__all__ = ["BackendUnavailableError", "triton_available", "interpreter_enabled", "triton_ops"]
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend cannot run here; the message says why and what to do."""
+
+
+_loaded: types.ModuleType | None = None
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def triton_ops(device: torch.device) -> types.ModuleType:
+    """The module holding the ``*_triton`` launchers, imported in the mode ``device`` needs."""
+    global _loaded
+    if not triton_available():
+        raise BackendUnavailableError(
+            "backend 'triton' needs the triton package (pip install triton); use backend='torch'"
+        )
+    if device.type not in ("cuda", "cpu"):
+        raise BackendUnavailableError(
+            f"backend 'triton' runs on CUDA or, through the interpreter, on the CPU; got {device}"
+        )
+    if _loaded is None:
+        if device.type == "cpu" and not interpreter_enabled():
+            os.environ["TRITON_INTERPRET"] = "1"
+            warnings.warn(
+                "casd.kernels: no CUDA tensors, so the Triton kernels run through Triton's CPU "
+                "interpreter. Results are exact but it is slow; use a GPU for speed.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        _loaded = importlib.import_module(".triton_ops", __package__)
+    mode_interpreted = interpreter_enabled()
+    if device.type == "cuda" and mode_interpreted:
+        raise BackendUnavailableError(
+            "the Triton kernels were loaded in interpreter mode (TRITON_INTERPRET=1, or CPU "
+            "tensors came first), so they cannot run on CUDA in this process; unset "
+            "TRITON_INTERPRET and keep the tensors on one device type"
+        )
+    if device.type == "cpu" and not mode_interpreted:
+        raise BackendUnavailableError(
+            "the Triton kernels were compiled for CUDA in this process and cannot take CPU "
+            "tensors; move the tensors to CUDA or use backend='torch'"
+        )
+    return _loaded
