@@ -53,7 +53,10 @@ def triton_ops(device: torch.device) -> types.ModuleType:
                 RuntimeWarning,
                 stacklevel=3,
             )
-        _loaded = importlib.import_module(".triton_ops", __package__)
+        try:
+            _loaded = importlib.import_module(".triton_ops", __package__)
+        except ImportError as exc:
+            raise BackendUnavailableError(f"could not load the Triton kernels: {exc}") from exc
     mode_interpreted = interpreter_enabled()
     if device.type == "cuda" and mode_interpreted:
         raise BackendUnavailableError(
