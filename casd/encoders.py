@@ -1,0 +1,62 @@
+"""Per-modality temporal encoders (SPEC §2.1): projection, masked Transformer, masked mean pool."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["ModalityEncoder", "length_mask", "masked_mean"]
+
+
+def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """[B] valid lengths -> [B, L] bool, True on valid frames."""
+    positions = torch.arange(max_len, device=lengths.device)
+    return positions.unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of x [B, L, H] over valid frames; rows with no valid frame give 0."""
+    weights = valid.to(x.dtype).unsqueeze(-1)
+    return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def sinusoidal_positions(length: int, width: int, device: torch.device) -> torch.Tensor:
+    """Fixed sinusoidal position codes [L, H]; no maximum length to configure."""
+    position = torch.arange(length, device=device, dtype=torch.float32).unsqueeze(1)
+    frequency = torch.exp(
+        torch.arange(0, width, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / width)
+    )
+    codes = torch.zeros(length, width, device=device)
+    codes[:, 0::2] = torch.sin(position * frequency)
+    codes[:, 1::2] = torch.cos(position * frequency[: width // 2])
+    return codes
+
+
+class ModalityEncoder(nn.Module):
+    """Feature sequence [B, L, F] with valid lengths [B] -> utterance vector h [B, H]."""
+
+    def __init__(self, in_dim: int, hidden: int, layers: int, heads: int, dropout: float):
+        super().__init__()
+        self.project = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden))
+        layer = nn.TransformerEncoderLayer(
+            hidden,
+            heads,
+            dim_feedforward=2 * hidden,
+            dropout=dropout,
+            batch_first=True,
+            norm_first=True,
+        )
+        # enable_nested_tensor=False: nested tensors would drop padded frames and change shapes.
+        self.temporal = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        valid = length_mask(lengths, x.shape[1])
+        # A row with no valid frame would make attention softmax over nothing (NaN): let it
+        # attend to its first (padding) frame; pooling below still returns 0 for it.
+        attend = valid.clone()
+        attend[:, 0] |= ~valid.any(dim=1)
+        h = self.project(x) + sinusoidal_positions(x.shape[1], self.project[1].out_features, x.device)
+        h = self.temporal(h, src_key_padding_mask=~attend)
+        return self.norm(masked_mean(h, valid))

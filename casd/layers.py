@@ -1,0 +1,172 @@
+"""Drop-in CASD layers: any multimodal model that produces one vector per modality can use them.
+
+    h [B, M, H] + present [B, M]
+      -> CombinationEmbedding      g [B, K, H]          (SPEC §2.2)
+      -> StudentTHead              mu, log_sigma, nu    (SPEC §2.3)
+      -> ConfidenceMixture         StudentTMixture      (SPEC §3)
+      -> StudentTSampler           z [B, K, S, D]       (SPEC §4)
+    ConsistencyDistillationLoss(teacher, student, z_teacher) -> L_cd
+
+Each layer with heavy work takes ``backend`` ("torch" or "triton") and calls ``casd.kernels``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from casd.kernels import (
+    StudentTMixture,
+    check_some_component_available,
+    confidence_log_weights,
+    consistency_distillation,
+    row_weights,
+    uncertainty,
+)
+from casd.modalities import NUM_COMPONENTS, combination_membership
+
+__all__ = [
+    "CombinationEmbedding",
+    "StudentTHead",
+    "ConfidenceMixture",
+    "StudentTSampler",
+    "ConsistencyDistillationLoss",
+]
+
+
+class CombinationEmbedding(nn.Module):
+    """g_c = MLP(LayerNorm(mean_{m in c} h_m + e_c)) for the K = 7 modality combinations."""
+
+    def __init__(self, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        membership = combination_membership()
+        self.register_buffer("mean_weights", membership / membership.sum(1, keepdim=True), persistent=False)
+        self.combination_codes = nn.Parameter(0.02 * torch.randn(NUM_COMPONENTS, hidden))
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(hidden),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+        )
+
+    def forward(self, modality_vectors: torch.Tensor) -> torch.Tensor:
+        """[B, M, H] per-modality vectors -> [B, K, H] combination embeddings."""
+        if modality_vectors.shape[1] != self.mean_weights.shape[1]:
+            raise ValueError(
+                f"expected {self.mean_weights.shape[1]} modality vectors, got {modality_vectors.shape[1]}"
+            )
+        pooled = torch.einsum("km,bmh->bkh", self.mean_weights.to(modality_vectors.dtype), modality_vectors)
+        return self.mlp(pooled + self.combination_codes)
+
+
+class StudentTHead(nn.Module):
+    """Shared heads: mu = W_mu g, log_sigma = clamp(W_s g), nu = nu_min + softplus(w_nu . g + b_nu).
+
+    ``fixed_nu`` replaces the learned degrees of freedom by a constant (a very large one
+    turns every component into a Gaussian for the ablation study).
+    """
+
+    def __init__(
+        self,
+        hidden: int,
+        embed_dim: int,
+        nu_min: float = 2.0,
+        nu_init: float = 5.0,
+        log_sigma_range: tuple[float, float] = (-5.0, 3.0),
+        fixed_nu: float | None = None,
+    ):
+        super().__init__()
+        if nu_init <= nu_min:
+            raise ValueError(f"nu_init ({nu_init}) must exceed nu_min ({nu_min})")
+        self.mu = nn.Linear(hidden, embed_dim)
+        self.log_sigma = nn.Linear(hidden, embed_dim)
+        self.nu_raw = nn.Linear(hidden, 1)
+        self.nu_min = nu_min
+        self.log_sigma_range = log_sigma_range
+        self.fixed_nu = fixed_nu
+        nn.init.zeros_(self.nu_raw.weight)
+        # softplus(b) = nu_init - nu_min, so nu starts at nu_init for every component.
+        nn.init.constant_(self.nu_raw.bias, math.log(math.expm1(nu_init - nu_min)))
+
+    def forward(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """g [B, K, H] -> mu [B,K,D], log_sigma [B,K,D], nu [B,K], all float32."""
+        mu = self.mu(g).float()
+        log_sigma = self.log_sigma(g).float().clamp(*self.log_sigma_range)
+        if self.fixed_nu is not None:
+            nu = torch.full(g.shape[:2], self.fixed_nu, device=g.device, dtype=torch.float32)
+        else:
+            nu = self.nu_min + nn.functional.softplus(self.nu_raw(g).float().squeeze(-1))
+        return mu, log_sigma, nu
+
+
+class ConfidenceMixture(nn.Module):
+    """Weights components by confidence: log pi = log_softmax(-u / tau) over available ones.
+
+    ``weighting="uniform"`` gives every available component the same weight (ablation).
+    """
+
+    def __init__(self, tau: float = 1.0, weighting: str = "confidence"):
+        super().__init__()
+        if weighting not in ("confidence", "uniform"):
+            raise ValueError(f"weighting must be 'confidence' or 'uniform', got {weighting!r}")
+        if tau <= 0:
+            raise ValueError(f"tau must be positive, got {tau}")
+        self.tau = tau
+        self.weighting = weighting
+
+    def forward(
+        self, mu: torch.Tensor, log_sigma: torch.Tensor, nu: torch.Tensor, available: torch.Tensor
+    ) -> StudentTMixture:
+        if self.weighting == "uniform":
+            check_some_component_available(available)
+            logits = torch.zeros_like(nu).masked_fill(~available, float("-inf"))
+            log_pi = torch.log_softmax(logits, dim=-1)
+        else:
+            log_pi = confidence_log_weights(uncertainty(nu, log_sigma), available, self.tau)
+        return StudentTMixture(mu, log_sigma, nu, log_pi)
+
+
+class StudentTSampler(nn.Module):
+    """S reparameterised draws per component; the noise seed comes from torch's default generator,
+    so ``torch.manual_seed`` makes training reproducible on either backend."""
+
+    def __init__(self, num_samples: int, backend: str = "torch"):
+        super().__init__()
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.num_samples = num_samples
+        self.backend = backend
+
+    def forward(self, mixture: StudentTMixture) -> torch.Tensor:
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        return mixture.rsample(self.num_samples, seed, backend=self.backend)
+
+
+class ConsistencyDistillationLoss(nn.Module):
+    """L_cd of SPEC §4 from the teacher mixture, the student mixture and teacher samples.
+
+    Point weights omega = pi^T_k / S and row weights w_b = B softmax_b(-ubar^T_b / tau) are
+    computed from the detached teacher.
+    """
+
+    def __init__(self, tau: float = 1.0, backend: str = "torch"):
+        super().__init__()
+        if tau <= 0:
+            raise ValueError(f"tau must be positive, got {tau}")
+        self.tau = tau
+        self.backend = backend
+
+    def forward(
+        self, teacher: StudentTMixture, student: StudentTMixture, teacher_samples: torch.Tensor
+    ) -> torch.Tensor:
+        teacher = teacher.detach()
+        batch, components, samples, dim = teacher_samples.shape
+        points = teacher_samples.detach().reshape(batch, components * samples, dim)
+        omega = (teacher.weights / samples).repeat_interleave(samples, dim=1)
+        w = row_weights(teacher.mean_uncertainty(), self.tau)
+        loss, _ = consistency_distillation(
+            points, teacher.params, student.params, omega, w, backend=self.backend
+        )
+        return loss

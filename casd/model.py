@@ -1,0 +1,105 @@
+"""The CASD network (SPEC §2): encoders -> combination embeddings -> Student-t mixture -> predictor."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from casd.encoders import ModalityEncoder
+from casd.kernels import StudentTMixture
+from casd.layers import CombinationEmbedding, ConfidenceMixture, StudentTHead
+from casd.modalities import MODALITIES, component_availability
+
+__all__ = ["ModelConfig", "CASDModel", "Prediction", "GAUSSIAN_NU"]
+
+# Degrees of freedom that make a Student-t component Gaussian for all practical purposes
+# (excess kurtosis 6/(nu-4) ~ 6e-4); used by the Gaussian-embedding ablation.
+GAUSSIAN_NU = 1e4
+
+
+@dataclass
+class ModelConfig:
+    feature_dims: tuple[int, int, int]
+    output_dim: int = 1  # 1 for regression, the number of classes for classification
+    hidden: int = 64
+    embed_dim: int = 32
+    encoder_layers: int = 1
+    heads: int = 4
+    dropout: float = 0.1
+    nu_min: float = 2.0
+    nu_init: float = 5.0
+    tau: float = 1.0
+    weighting: str = "confidence"  # or "uniform" (ablation)
+    distribution: str = "student_t"  # or "gaussian" (ablation)
+
+    def __post_init__(self) -> None:
+        self.feature_dims = tuple(int(d) for d in self.feature_dims)
+        if len(self.feature_dims) != len(MODALITIES) or min(self.feature_dims) < 1:
+            raise ValueError(f"feature_dims must be three positive ints, got {self.feature_dims}")
+        if self.distribution not in ("student_t", "gaussian"):
+            raise ValueError(f"distribution must be 'student_t' or 'gaussian', got {self.distribution!r}")
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        if self.output_dim < 1:
+            raise ValueError(f"output_dim must be >= 1, got {self.output_dim}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Prediction:
+    output: torch.Tensor  # [B] regression score, or [B, C] class logits
+    confidence: torch.Tensor  # [B] ubar = sum_k pi_k u_k (lower = more confident)
+    weights: torch.Tensor  # [B, K] pi, zero for absent combinations
+
+
+class CASDModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.encoders = nn.ModuleList(
+            ModalityEncoder(dim, config.hidden, config.encoder_layers, config.heads, config.dropout)
+            for dim in config.feature_dims
+        )
+        self.combine = CombinationEmbedding(config.hidden, config.dropout)
+        self.head = StudentTHead(
+            config.hidden,
+            config.embed_dim,
+            nu_min=config.nu_min,
+            nu_init=config.nu_init,
+            fixed_nu=GAUSSIAN_NU if config.distribution == "gaussian" else None,
+        )
+        self.mixture = ConfidenceMixture(config.tau, config.weighting)
+        self.predictor = nn.Sequential(
+            nn.Linear(config.embed_dim, config.hidden),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.hidden, config.output_dim),
+        )
+
+    def modality_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, 3, H]: one utterance vector per modality."""
+        return torch.stack(
+            [enc(batch[name], batch[f"{name}_lengths"]) for name, enc in zip(MODALITIES, self.encoders)],
+            dim=1,
+        )
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> StudentTMixture:
+        """The per-sample Student-t mixture p(z | x); absent combinations get weight zero."""
+        g = self.combine(self.modality_vectors(batch))
+        mu, log_sigma, nu = self.head(g)
+        return self.mixture(mu, log_sigma, nu, component_availability(batch["present"]))
+
+    def predict_from_mixture(self, mixture: StudentTMixture) -> Prediction:
+        """y_hat = sum_k pi_k f(mu_k), with the confidence ubar and the weights pi."""
+        outputs = self.predictor(mixture.mu).float()  # [B, K, O]
+        weights = mixture.weights
+        combined = (weights.unsqueeze(-1) * outputs).sum(1)
+        if self.config.output_dim == 1:
+            combined = combined.squeeze(-1)
+        return Prediction(combined, mixture.mean_uncertainty(), weights)
+
+    def predict(self, batch: dict[str, torch.Tensor]) -> Prediction:
+        return self.predict_from_mixture(self(batch))
