@@ -1,0 +1,267 @@
+"""Mixed-precision training loop with validation-only model selection and crash-safe checkpoints.
+
+Reproducibility: every random stream of an epoch (shuffling, training missingness, dropout,
+sampling noise) is seeded from (seed, epoch) at the start of that epoch, so a run resumed from
+the checkpoint of epoch e continues exactly as the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from casd.data import EvalCondition, Split, TrainingMissingness, batch_to, make_loader
+from casd.evaluate import autocast_context, evaluate_conditions
+from casd.metrics import higher_is_better
+from casd.model import CASDModel
+from casd.objective import CASDObjective
+
+__all__ = ["TrainConfig", "Trainer", "resolve_amp", "resolve_device", "atomic_save"]
+
+log = logging.getLogger("casd")
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    warmup_fraction: float = 0.05
+    grad_clip: float = 1.0
+    patience: int = 6  # epochs without validation improvement before stopping
+    seed: int = 1111
+    amp: str = "auto"  # bf16 | fp16 | off | auto (bf16 on capable GPUs, fp16 on older ones, off on CPU)
+    missing_protocol: str = "mixed"  # training missingness: frame | modality | mixed
+    missing_rate: float = 0.5
+    eval_batch_size: int = 256
+    max_bad_steps: int = 20  # non-finite losses tolerated (skipped) before the run is aborted
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.amp not in ("auto", *AMP_DTYPES):
+            raise ValueError(f"amp must be one of auto, bf16, fp16, off; got {self.amp!r}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.missing_rate <= 1:
+            raise ValueError(f"missing_rate must be in [0, 1], got {self.missing_rate}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on ``device``; None means full precision."""
+    if amp == "auto":
+        if device.type != "cuda":
+            return None  # CPU autocast rarely pays off and bf16 matmuls are slow on many CPUs
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "fp16" and device.type == "cpu":
+        raise ValueError("--amp fp16 needs a GPU; use bf16 or off on the CPU")
+    return AMP_DTYPES[amp]
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves a torn checkpoint."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def warmup_cosine(total_steps: int, warmup_fraction: float):
+    warmup = max(1, int(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+@dataclass
+class TrainingState:
+    epoch: int = 0  # epochs completed
+    best_score: float | None = None
+    best_epoch: int = 0
+    epochs_without_improvement: int = 0
+    bad_steps: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: CASDModel,
+        objective: CASDObjective,
+        train_split: Split,
+        valid_split: Split,
+        valid_conditions: list[EvalCondition],
+        config: TrainConfig,
+        dataset: str,
+        task: str,
+        device: torch.device,
+        out_dir: Path,
+        metadata: dict,
+        selection_metric: str,
+    ):
+        self.model = model.to(device)
+        self.objective = objective
+        self.train_split = train_split
+        self.valid_split = valid_split
+        self.valid_conditions = valid_conditions
+        self.config = config
+        self.dataset, self.task = dataset, task
+        self.device = device
+        self.out_dir = out_dir
+        self.metadata = metadata
+        self.selection_metric = selection_metric
+        self.amp_dtype = resolve_amp(config.amp, device)
+        self.missingness = TrainingMissingness(config.missing_protocol, config.missing_rate)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        steps_per_epoch = math.ceil(train_split.num_samples / config.batch_size)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(config.epochs * steps_per_epoch, config.warmup_fraction)
+        )
+        # Loss scaling only matters for fp16, whose range is narrow; bf16 and fp32 need none.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.state = TrainingState()
+
+    # --- seeding -----------------------------------------------------------------------
+    def _epoch_seed(self, epoch: int) -> int:
+        return (self.config.seed * 1_000_003 + epoch * 7_919) % 2**31
+
+    # --- one epoch ---------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        seed = self._epoch_seed(epoch)
+        torch.manual_seed(seed)  # dropout and the sampler's noise seeds
+        shuffle = torch.Generator().manual_seed(seed)
+        missing = torch.Generator(device=self.device).manual_seed(seed + 1)
+        loader = make_loader(self.train_split, self.config.batch_size, shuffle=True, generator=shuffle)
+        self.model.train()
+        sums: dict[str, float] = {}
+        steps = 0
+        bar = tqdm(loader, desc=f"epoch {epoch}/{self.config.epochs}", leave=False,
+                   disable=not self.config.progress, dynamic_ncols=True)
+        for batch in bar:
+            teacher = batch_to(batch, self.device)
+            student = self.missingness.apply(teacher, missing)
+            with autocast_context(self.device, self.amp_dtype):
+                losses = self.objective(self.model, teacher, student)
+            if not torch.isfinite(losses.total):
+                self._skip_bad_step(losses)
+                continue
+            self.scaler.scale(losses.total).backward()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            steps += 1
+            for name, value in losses.as_floats().items():
+                sums[name] = sums.get(name, 0.0) + value
+            bar.set_postfix(loss=f"{sums['total'] / steps:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+        if steps == 0:
+            raise RuntimeError(f"epoch {epoch}: no finite training step; see {self.out_dir / 'train.log'}")
+        return {f"train_{name}": value / steps for name, value in sums.items()}
+
+    def _skip_bad_step(self, losses) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.bad_steps += 1
+        log.warning("non-finite loss skipped (%s); %d so far", losses.as_floats(), self.state.bad_steps)
+        if self.state.bad_steps > self.config.max_bad_steps:
+            raise RuntimeError(
+                f"more than {self.config.max_bad_steps} non-finite losses; lower --lr or use --amp off"
+            )
+
+    def validate(self) -> tuple[float, dict[str, float]]:
+        """Mean selection metric over the validation conditions (validation split only)."""
+        results = evaluate_conditions(
+            self.model, self.valid_split, self.valid_conditions, self.dataset, self.task,
+            self.device, self.config.eval_batch_size, self.amp_dtype,
+        )
+        per_condition = {r.condition.name: r.metrics[self.selection_metric] for r in results}
+        return float(np.mean(list(per_condition.values()))), per_condition
+
+    def _improved(self, score: float) -> bool:
+        best = self.state.best_score
+        if best is None or math.isnan(best):
+            return not math.isnan(score)
+        return score > best if higher_is_better(self.selection_metric) else score < best
+
+    # --- the loop ------------------------------------------------------------------------
+    def fit(self) -> TrainingState:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        start_epoch = self.state.epoch + 1
+        for epoch in range(start_epoch, self.config.epochs + 1):
+            started = time.perf_counter()
+            record = {"epoch": epoch, **self.train_epoch(epoch)}
+            score, per_condition = self.validate()
+            record.update(valid_score=score, lr=self.scheduler.get_last_lr()[0],
+                          seconds=time.perf_counter() - started)
+            self.state.epoch = epoch
+            self.state.history.append(record)
+            improved = self._improved(score)
+            if improved:
+                self.state.best_score, self.state.best_epoch = score, epoch
+                self.state.epochs_without_improvement = 0
+                atomic_save(self.checkpoint(), self.out_dir / "best.pt")
+            else:
+                self.state.epochs_without_improvement += 1
+            atomic_save(self.checkpoint(), self.out_dir / "last.pt")
+            log.info(
+                "epoch %d  loss %.4f (task T %.4f, S %.4f, cd %.4f)  valid %s %.4f%s  %.1fs",
+                epoch, record["train_total"], record["train_task_teacher"], record["train_task_student"],
+                record["train_distillation"], self.selection_metric, score,
+                "  *best*" if improved else "", record["seconds"],
+            )
+            if self.state.epochs_without_improvement >= self.config.patience:
+                log.info("early stop: no validation improvement for %d epochs", self.config.patience)
+                break
+        return self.state
+
+    # --- checkpoints -----------------------------------------------------------------------
+    def checkpoint(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "model_config": self.model.config.to_dict(),
+            "objective_config": asdict(self.objective.config),
+            "train_config": asdict(self.config),
+            "metadata": self.metadata,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "state": asdict(self.state),
+        }
+
+    def resume(self, path: Path) -> None:
+        """Restore model, optimiser, schedule and progress from a checkpoint of this run."""
+        checkpoint = torch.load(path, map_location=self.device, weights_only=True)
+        if checkpoint["model_config"] != self.model.config.to_dict():
+            raise ValueError(f"{path} was written by a different model configuration")
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.state = TrainingState(**checkpoint["state"])
+        log.info("resumed from %s after epoch %d", path, self.state.epoch)
