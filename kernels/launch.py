@@ -1,0 +1,113 @@
+"""Launcher helpers shared by the three fused operations: tiling, precision, input checks.
+
+Every kernel here holds a whole vector of D coordinates in registers (D is never split
+across programs), so a program's working set is a ``[rows, BLOCK_D]`` tile. ``TileConfig``
+says how large that tile may be: on a GPU it is bounded by registers (a few dozen fp32
+values per thread), in Triton's CPU interpreter by nothing but memory, and there larger
+tiles mean fewer interpreted programs and so faster tests.
+
+The kernel modules are imported in one mode per process (see ``runtime``), so the device
+type that ``torch.amp.custom_fwd`` needs is fixed at import time too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from .runtime import interpreter_enabled
+
+__all__ = [
+    "AMP_DEVICE_TYPE",
+    "TileConfig",
+    "default_tiles",
+    "row_tile",
+    "num_warps_for",
+    "use_fp64",
+    "check_launch_inputs",
+]
+
+# The autocast device type whose state custom_fwd/custom_bwd record and replay.
+AMP_DEVICE_TYPE = "cpu" if interpreter_enabled() else "cuda"
+
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Register-tile budget of one program.
+
+    max_tile: elements of the largest ``[rows, BLOCK_D]`` tile a program holds.
+    max_block_d: largest supported ``next_power_of_2(D)``; larger D raises before launch.
+    values_per_thread: fp32 tile elements one GPU thread should hold (sets num_warps).
+    """
+
+    max_tile: int
+    max_block_d: int = 16384
+    values_per_thread: int = 32
+
+    def __post_init__(self) -> None:
+        if self.max_tile < 1 or self.max_block_d < 1 or self.values_per_thread < 1:
+            raise ValueError(f"TileConfig fields must be positive, got {self}")
+
+
+# 8192 fp32 values over 8 warps is 32 registers per thread per live tile: the backward
+# keeps about four such tiles live (z, the residual, its scaled copy, dz), which still
+# fits an H100's 255-register limit without spilling at D = 256.
+GPU_TILES = TileConfig(max_tile=8192)
+# The interpreter runs each program's tl ops as numpy calls: few large programs are fastest.
+INTERPRETER_TILES = TileConfig(max_tile=1 << 16)
+
+
+def default_tiles() -> TileConfig:
+    return INTERPRETER_TILES if interpreter_enabled() else GPU_TILES
+
+
+def row_tile(rows: int, dim: int, tiles: TileConfig) -> tuple[int, int]:
+    """(BLOCK_ROWS, BLOCK_D): all of D, and as many rows as the tile budget allows."""
+    block_d = triton.next_power_of_2(dim)
+    if block_d > tiles.max_block_d:
+        raise ValueError(
+            f"D = {dim} is too large for the fused kernels (at most {tiles.max_block_d} "
+            "coordinates per vector); use backend='torch'"
+        )
+    block_rows = max(1, min(triton.next_power_of_2(rows), tiles.max_tile // block_d))
+    return block_rows, block_d
+
+
+def num_warps_for(tile_elements: int, tiles: TileConfig) -> int:
+    """Warps so that each thread holds about ``values_per_thread`` tile elements (1..16)."""
+    warps = triton.next_power_of_2(max(1, tile_elements // (32 * tiles.values_per_thread)))
+    return min(16, warps)
+
+
+def use_fp64(*tensors: torch.Tensor) -> bool:
+    """Compute in float64 when any input is float64 (tests, gradient checks), else fp32."""
+    return any(t.dtype == torch.float64 for t in tensors)
+
+
+def check_launch_inputs(named: dict[str, torch.Tensor]) -> None:
+    """Checks that must hold before any launch; shapes and values are checked by ``ops``.
+
+    Raises on unsupported dtypes, mixed devices, or a device the loaded kernels cannot
+    run on (CUDA kernels and interpreted kernels cannot be mixed in one process).
+    """
+    devices = {t.device for t in named.values()}
+    if len(devices) > 1:
+        listing = ", ".join(f"{n} on {t.device}" for n, t in named.items())
+        raise ValueError(f"all inputs must be on one device, got {listing}")
+    for name, t in named.items():
+        if t.dtype not in _SUPPORTED_DTYPES:
+            raise TypeError(
+                f"{name} has dtype {t.dtype}; the fused kernels load float16, bfloat16, "
+                "float32 or float64"
+            )
+    device = next(iter(devices))
+    expected = "cpu" if interpreter_enabled() else "cuda"
+    if device.type != expected:
+        mode = "Triton's CPU interpreter" if expected == "cpu" else "CUDA"
+        raise ValueError(
+            f"the fused kernels were loaded for {mode} in this process but the inputs are "
+            f"on {device}; keep all kernel inputs on {expected} tensors"
+        )
