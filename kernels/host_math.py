@@ -66,6 +66,8 @@ def confidence_log_weights(
     """log pi = log_softmax_k(-u_k / tau) over available components, -inf elsewhere."""
     if tau <= 0:
         raise ValueError(f"temperature tau must be positive, got {tau}")
+    if available.dtype != torch.bool:
+        raise TypeError(f"available must be a bool tensor, got {available.dtype}")
     if available.shape != uncertainty.shape:
         raise ValueError(
             f"available {tuple(available.shape)} must match uncertainty {tuple(uncertainty.shape)}"
@@ -77,9 +79,10 @@ def confidence_log_weights(
 
 def mixture_uncertainty(log_pi: torch.Tensor, uncertainty: torch.Tensor) -> torch.Tensor:
     """ubar = sum_k pi_k u_k: the per-row confidence reported with a prediction."""
-    # where() rather than exp(log_pi) * u: an absent component's u may be anything.
-    weighted = torch.where(torch.isfinite(log_pi), log_pi.exp() * uncertainty, 0.0)
-    return weighted.sum(-1)
+    # Mask u before the product: an absent component's u may be inf or NaN, and 0 * inf
+    # would be NaN in the backward pass even where the forward value is right.
+    safe_u = torch.where(torch.isfinite(log_pi), uncertainty, 0.0)
+    return (log_pi.exp() * safe_u).sum(-1)
 
 
 def row_weights(mean_uncertainty: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
@@ -98,6 +101,7 @@ def gamma_scales(nu: torch.Tensor, num_samples: int, min_gamma: float = 1e-6) ->
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    half_nu = (0.5 * nu.float()).unsqueeze(-1).expand(*nu.shape, num_samples)
+    nu = nu.to(torch.promote_types(nu.dtype, torch.float32))  # float64 stays float64
+    half_nu = (0.5 * nu).unsqueeze(-1).expand(*nu.shape, num_samples)
     gamma = torch.distributions.Gamma(half_nu, half_nu, validate_args=False).rsample()
     return gamma.clamp_min(min_gamma).rsqrt()

@@ -52,7 +52,7 @@ def mixture_logpdf(
     """log p(z) of a Student-t mixture: z [B,P,D], mu/log_sigma [B,K,D], nu/log_pi [B,K] -> [B,P]."""
     _check_backend(backend)
     batch, _, dim = check_mixture(mu, log_sigma, nu, log_pi)
-    check_points(z, batch, dim)
+    check_points(z, batch, dim, mu.device)
     if backend == "torch":
         return mixture_logpdf_reference(z, mu, log_sigma, nu, log_pi)
     return runtime.triton_ops(z.device).mixture_logpdf_triton(z, mu, log_sigma, nu, log_pi)
@@ -123,8 +123,10 @@ def consistency_distillation(
             f"student mixture [B,K,D] = {list(student_shape)} must match the teacher's "
             f"{[batch, teacher[0].shape[1], dim]}"
         )
-    points = check_points(z, batch, dim)
-    check_row_weights(omega, w, batch, points)
+    if student[0].device != teacher[0].device:
+        raise ValueError(f"student is on {student[0].device} but teacher is on {teacher[0].device}")
+    points = check_points(z, batch, dim, teacher[0].device)
+    check_row_weights(omega, w, batch, points, teacher[0].device)
     if backend == "torch":
         return consistency_distillation_reference(z, teacher, student, omega, w)
     return runtime.triton_ops(z.device).consistency_distillation_triton(z, teacher, student, omega, w)

@@ -5,6 +5,8 @@ without reading kernel code.
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 __all__ = ["check_mixture", "check_points", "check_sample_inputs", "check_seed", "check_row_weights"]
@@ -63,9 +65,16 @@ def check_mixture(
     return batch, components, dim
 
 
-def check_points(z: torch.Tensor, batch: int, dim: int, name: str = "z") -> int:
-    """Check evaluation points z [B, P, D]; return P."""
+def _check_on(device: torch.device, named: dict[str, torch.Tensor]) -> None:
+    for name, t in named.items():
+        if t.device != device:
+            raise ValueError(f"{name} is on {t.device} but the mixture is on {device}")
+
+
+def check_points(z: torch.Tensor, batch: int, dim: int, device: torch.device, name: str = "z") -> int:
+    """Check evaluation points z [B, P, D] against the mixture's B, D and device; return P."""
     _check_tensor(name, z, 3)
+    _check_on(device, {name: z})
     if z.shape[0] != batch or z.shape[2] != dim:
         raise ValueError(f"{name} must be [B, P, D] with B={batch}, D={dim}, got {list(z.shape)}")
     if z.shape[1] == 0:
@@ -99,16 +108,19 @@ def check_sample_inputs(
 
 
 def check_seed(seed: object) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     if not 0 <= seed < 2**31:
         raise ValueError(f"seed must be in [0, 2**31), got {seed}")
-    return seed
+    return int(seed)
 
 
-def check_row_weights(omega: torch.Tensor, w: torch.Tensor, batch: int, points: int) -> None:
+def check_row_weights(
+    omega: torch.Tensor, w: torch.Tensor, batch: int, points: int, device: torch.device
+) -> None:
     _check_tensor("omega", omega, 2)
     _check_tensor("w", w, 1)
+    _check_on(device, {"omega": omega, "w": w})
     if omega.shape != (batch, points):
         raise ValueError(f"omega must be [B, P] = {[batch, points]}, got {list(omega.shape)}")
     if w.shape != (batch,):

@@ -126,11 +126,6 @@ def test_mixture_uncertainty_ignores_absent_components():
     torch.testing.assert_close(host_math.mixture_uncertainty(log_pi, poisoned), expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="host_math.mixture_uncertainty: d/dlog_pi is NaN where an absent component's u is "
-    "inf/nan (torch.where backward multiplies 0 by inf); fix: mask u before the product",
-)
 def test_mixture_uncertainty_gradient_is_finite_with_poisoned_absent_components():
     u = torch.tensor([[0.3, float("inf"), -0.2]], dtype=torch.float64, requires_grad=True)
     available = torch.tensor([[True, False, True]])
