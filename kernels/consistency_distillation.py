@@ -27,7 +27,7 @@ from .launch import (
     check_launch_inputs,
     default_tiles,
     num_warps_for,
-    row_tile,
+    point_tile,
     use_fp64,
 )
 from .mixture_logpdf import (
@@ -62,49 +62,32 @@ def _consistency_forward_kernel(
     K,
     D,
     COMPUTE: tl.constexpr,
+    BLOCK_R: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """Program (row b, point tile t): partial[t, b] = w_b sum_{p in t} omega_bp (log p_T - log p_S)."""
-    row = tl.program_id(0).to(tl.int64)
+    """Program (i, t): partial[t, b] = w_b sum_{p in tile t} omega_bp (log p_T - log p_S)."""
     tile = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_p = tile * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_d = tl.arange(0, BLOCK_D)
-    mask_p = offs_p < P
-    mask_d = offs_d < D
-    z_tile = _load_point_tile(z_ptr + row * P * D, offs_p, mask_p, offs_d, mask_d, D, COMPUTE)
-    params, weights = row * K * D, row * K
+    mask_r, mask_p, mask_d = rows < B, offs_p < P, offs_d < D
+    mask_rp = mask_r[:, None] & mask_p[None, :]
+    z_tile = _load_point_tile(z_ptr, rows, offs_p, offs_d, mask_r, mask_p, mask_d, P, D, COMPUTE)
     log_p_teacher = _mixture_logpdf_tile(
-        z_tile,
-        teacher_mu_ptr + params,
-        teacher_log_sigma_ptr + params,
-        teacher_nu_ptr + weights,
-        teacher_log_coef_ptr + weights,
-        K,
-        D,
-        offs_d,
-        mask_d,
-        COMPUTE,
-        BLOCK_P,
+        z_tile, teacher_mu_ptr, teacher_log_sigma_ptr, teacher_nu_ptr, teacher_log_coef_ptr,
+        rows, mask_r, offs_d, mask_d, K, D, COMPUTE, BLOCK_R, BLOCK_P,
     )
     log_p_student = _mixture_logpdf_tile(
-        z_tile,
-        student_mu_ptr + params,
-        student_log_sigma_ptr + params,
-        student_nu_ptr + weights,
-        student_log_coef_ptr + weights,
-        K,
-        D,
-        offs_d,
-        mask_d,
-        COMPUTE,
-        BLOCK_P,
+        z_tile, student_mu_ptr, student_log_sigma_ptr, student_nu_ptr, student_log_coef_ptr,
+        rows, mask_r, offs_d, mask_d, K, D, COMPUTE, BLOCK_R, BLOCK_P,
     )
-    tl.store(log_p_student_ptr + row * P + offs_p, log_p_student, mask=mask_p)
-    omega = tl.load(omega_ptr + row * P + offs_p, mask=mask_p, other=0.0).to(COMPUTE)
-    gap = tl.where(mask_p, omega * (log_p_teacher - log_p_student), 0.0)
-    row_weight = tl.load(row_weight_ptr + row).to(COMPUTE)
-    tl.store(partial_ptr + tile * B + row, row_weight * tl.sum(gap, axis=0))
+    point_offs = rows[:, None] * P + offs_p[None, :]
+    tl.store(log_p_student_ptr + point_offs, log_p_student, mask=mask_rp)
+    omega = tl.load(omega_ptr + point_offs, mask=mask_rp, other=0.0).to(COMPUTE)
+    gap = tl.where(mask_rp, omega * (log_p_teacher - log_p_student), 0.0)
+    row_weight = tl.load(row_weight_ptr + rows, mask=mask_r, other=0.0).to(COMPUTE)
+    tl.store(partial_ptr + tile * B + rows, row_weight * tl.sum(gap, axis=1), mask=mask_r)
 
 
 class ConsistencyDistillationFunction(torch.autograd.Function):
@@ -124,11 +107,11 @@ class ConsistencyDistillationFunction(torch.autograd.Function):
         )
         batch, points, dim = z.shape
         out_dtype = torch.float64 if fp64 else torch.float32
-        block_p, block_d = row_tile(points, dim, tiles)
+        block_r, block_p, block_d = point_tile(batch, points, dim, tiles)
         num_tiles = triton.cdiv(points, block_p)
         log_p_student = torch.empty((batch, points), dtype=out_dtype, device=z.device)
         partial = torch.empty((num_tiles, batch), dtype=out_dtype, device=z.device)
-        _consistency_forward_kernel[(batch, num_tiles)](
+        _consistency_forward_kernel[(triton.cdiv(batch, block_r), num_tiles)](
             z,
             t_mu,
             t_log_sigma,
@@ -147,9 +130,10 @@ class ConsistencyDistillationFunction(torch.autograd.Function):
             t_mu.shape[1],
             dim,
             COMPUTE=tl.float64 if fp64 else tl.float32,
+            BLOCK_R=block_r,
             BLOCK_P=block_p,
             BLOCK_D=block_d,
-            num_warps=num_warps_for(block_p * block_d, tiles),
+            num_warps=num_warps_for(block_r * block_p * block_d, tiles),
         )
         per_row = partial[0] if num_tiles == 1 else partial.sum(0)
         ctx.save_for_backward(z, s_mu, s_log_sigma, s_nu, s_log_coef, omega, w, log_p_student)

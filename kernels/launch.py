@@ -22,6 +22,7 @@ __all__ = [
     "AMP_DEVICE_TYPE",
     "TileConfig",
     "default_tiles",
+    "point_tile",
     "row_tile",
     "num_warps_for",
     "use_fp64",
@@ -38,42 +39,61 @@ _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64
 class TileConfig:
     """Register-tile budget of one program.
 
-    max_tile: elements of the largest ``[rows, BLOCK_D]`` tile a program holds.
+    point_tile: elements of one row's ``[BLOCK_P, BLOCK_D]`` tile of points (P is split
+        into several tiles beyond it).
+    pack_tile: several rows share one program while the whole tile stays within this
+        many elements (short rows, e.g. P = 1, would otherwise leave lanes idle).
     max_block_d: largest supported ``next_power_of_2(D)``; larger D raises before launch.
-    values_per_thread: fp32 tile elements one GPU thread should hold (sets num_warps).
+    values_per_thread: tile elements one GPU thread should hold (sets num_warps).
     """
 
-    max_tile: int
+    point_tile: int
+    pack_tile: int
     max_block_d: int = 16384
     values_per_thread: int = 32
 
     def __post_init__(self) -> None:
-        if self.max_tile < 1 or self.max_block_d < 1 or self.values_per_thread < 1:
+        if min(self.point_tile, self.pack_tile, self.max_block_d, self.values_per_thread) < 1:
             raise ValueError(f"TileConfig fields must be positive, got {self}")
 
 
-# 8192 fp32 values over 8 warps is 32 registers per thread per live tile: the backward
-# keeps about four such tiles live (z, the residual, its scaled copy, dz), which still
-# fits an H100's 255-register limit without spilling at D = 256.
-GPU_TILES = TileConfig(max_tile=8192)
+# GPU: 8192 fp32 values over 8 warps is 32 registers per thread per live tile; the
+# mixture backward keeps about four tiles live (z, the scaled residual, its product,
+# dz) and gets twice the warps, which fits H100 registers at D = 256 without spilling.
+# Rows are packed only up to 2048 elements: at B = 4096 one row per program already
+# gives thousands of programs, and more programs hide memory latency better.
+GPU_TILES = TileConfig(point_tile=8192, pack_tile=2048)
 # The interpreter runs each program's tl ops as numpy calls: few large programs are fastest.
-INTERPRETER_TILES = TileConfig(max_tile=1 << 16)
+INTERPRETER_TILES = TileConfig(point_tile=1 << 16, pack_tile=1 << 16)
 
 
 def default_tiles() -> TileConfig:
     return INTERPRETER_TILES if interpreter_enabled() else GPU_TILES
 
 
-def row_tile(rows: int, dim: int, tiles: TileConfig) -> tuple[int, int]:
-    """(BLOCK_ROWS, BLOCK_D): all of D, and as many rows as the tile budget allows."""
+def _block_d(dim: int, tiles: TileConfig) -> int:
     block_d = triton.next_power_of_2(dim)
     if block_d > tiles.max_block_d:
         raise ValueError(
             f"D = {dim} is too large for the fused kernels (at most {tiles.max_block_d} "
             "coordinates per vector); use backend='torch'"
         )
-    block_rows = max(1, min(triton.next_power_of_2(rows), tiles.max_tile // block_d))
-    return block_rows, block_d
+    return block_d
+
+
+def point_tile(batch: int, points: int, dim: int, tiles: TileConfig) -> tuple[int, int, int]:
+    """(BLOCK_R, BLOCK_P, BLOCK_D) for a [rows, points, D] tile: all of D, then points, then rows."""
+    block_d = _block_d(dim, tiles)
+    block_p = max(1, min(triton.next_power_of_2(points), tiles.point_tile // block_d))
+    block_r = max(1, min(triton.next_power_of_2(batch), tiles.pack_tile // (block_p * block_d)))
+    return block_r, block_p, block_d
+
+
+def row_tile(rows: int, dim: int, tiles: TileConfig) -> tuple[int, int]:
+    """(BLOCK_R, BLOCK_D) for a [rows, D] tile: all of D, and rows up to ``pack_tile``."""
+    block_d = _block_d(dim, tiles)
+    block_r = max(1, min(triton.next_power_of_2(rows), tiles.pack_tile // block_d))
+    return block_r, block_d
 
 
 def num_warps_for(tile_elements: int, tiles: TileConfig) -> int:

@@ -15,12 +15,13 @@ from the saved [B, P] result and returns, per SPEC §5.1 with a_k = (nu_k + D)/(
     d/dmu_kj  =  r_k a_k (z_j - mu_kj) / sigma_kj^2
     d/ds_kj   =  r_k (a_k (z_j - mu_kj)^2 / sigma_kj^2 - 1)       (the whole of it, see below)
     d/dnu_k   =  r_k (a_k m_k / nu_k - log1p(m_k / nu_k)) / 2     (+ r_k dC_k/dnu_k via autograd)
+                 [= r_k (-1/2 log q_k + (nu_k + D) m_k / (2 nu_k^2 q_k)), SPEC's form]
     d/dL_k    =  r_k
 
 C_k contains -sum_j s_kj; ``mixture_log_coefficients`` takes log_sigma detached, and the
 kernel returns the complete d/ds (with its -r_k) so that autograd does not add it twice.
 
-The per-component helpers (``_scaled_residual``, ``_log1p``, ``_log_kernel``,
+The per-component helpers (``_component``, ``_log1p``, ``_log_kernel``,
 ``_mixture_logpdf_tile``) and the backward kernel are shared with
 ``consistency_distillation``: the Student-t formula lives here only.
 
@@ -42,7 +43,7 @@ from .launch import (
     check_launch_inputs,
     default_tiles,
     num_warps_for,
-    row_tile,
+    point_tile,
     use_fp64,
 )
 
@@ -69,15 +70,26 @@ def _log1p(x):
 
 
 @triton.jit
-def _scaled_residual(z_tile, mu_ptr, log_sigma_ptr, offs_d, mask_d, COMPUTE: tl.constexpr):
-    """One component k: ((z - mu_k) / sigma_k) over the tile, and 1 / sigma_k [BLOCK_D].
+def _x_minus_log1p(x):
+    """x - log(1 + x) for x >= 0 without cancellation.
 
-    Padded coordinates load mu = 0 and z = 0, so they add exactly 0 to m_k.
+    Below x = 0.1 the subtraction would lose up to log10(2 / x) digits, so use the series
+    x^2/2 - x^3/3 + ... - x^12/12 (truncation < 2e-12 relative at x = 0.1); above it the
+    subtraction loses at most a factor 20.
     """
-    mu = tl.load(mu_ptr + offs_d, mask=mask_d, other=0.0).to(COMPUTE)
-    log_sigma = tl.load(log_sigma_ptr + offs_d, mask=mask_d, other=0.0).to(COMPUTE)
-    inv_sigma = tl.exp(-log_sigma)
-    return (z_tile - mu[None, :]) * inv_sigma[None, :], inv_sigma
+    small = tl.minimum(x, 0.1)  # the series branch never sees a large x (no overflow)
+    series = 1.0 / 12.0
+    series = 1.0 / 11.0 - small * series
+    series = 1.0 / 10.0 - small * series
+    series = 1.0 / 9.0 - small * series
+    series = 1.0 / 8.0 - small * series
+    series = 1.0 / 7.0 - small * series
+    series = 1.0 / 6.0 - small * series
+    series = 1.0 / 5.0 - small * series
+    series = 1.0 / 4.0 - small * series
+    series = 1.0 / 3.0 - small * series
+    series = 1.0 / 2.0 - small * series
+    return tl.where(x < 0.1, small * small * series, x - _log1p(x))
 
 
 @triton.jit
@@ -87,33 +99,53 @@ def _log_kernel(log_q, nu, dim):
 
 
 @triton.jit
-def _mixture_logpdf_tile(
-    z_tile,
-    mu_row_ptr,
-    log_sigma_row_ptr,
-    nu_row_ptr,
-    log_coef_row_ptr,
-    K,
-    D,
-    offs_d,
-    mask_d,
+def _load_point_tile(z_ptr, rows, offs_p, offs_d, mask_r, mask_p, mask_d, P, D, COMPUTE: tl.constexpr):
+    """z[rows, offs_p, offs_d] as a [BLOCK_R, BLOCK_P, BLOCK_D] tile; padding reads 0."""
+    ptrs = z_ptr + (rows[:, None, None] * P + offs_p[None, :, None]) * D + offs_d[None, None, :]
+    mask = mask_r[:, None, None] & mask_p[None, :, None] & mask_d[None, None, :]
+    return tl.load(ptrs, mask=mask, other=0.0).to(COMPUTE)
+
+
+@triton.jit
+def _component(
+    z_tile, mu_ptr, log_sigma_ptr, nu_ptr, log_coef_ptr, k, rows, mask_r, offs_d, mask_d, K, D,
     COMPUTE: tl.constexpr,
-    BLOCK_P: tl.constexpr,
 ):
-    """log p(z_p) for a [BLOCK_P, BLOCK_D] tile of one row's points: online logsumexp over k.
+    """Component k of every row in the tile.
+
+    Returns the scaled residual (z - mu_k) / sigma_k [BLOCK_R, BLOCK_P, BLOCK_D],
+    1 / sigma_k [BLOCK_R, BLOCK_D], m_k [BLOCK_R, BLOCK_P], and nu_k, L_k as [BLOCK_R, 1].
+    Padded coordinates load mu = 0 against z = 0 and add exactly 0 to m_k; padded rows
+    load nu = 1 so that nothing divides by zero.
+    """
+    params = (rows[:, None] * K + k) * D + offs_d[None, :]
+    mask = mask_r[:, None] & mask_d[None, :]
+    mu = tl.load(mu_ptr + params, mask=mask, other=0.0).to(COMPUTE)
+    inv_sigma = tl.exp(-tl.load(log_sigma_ptr + params, mask=mask, other=0.0).to(COMPUTE))
+    scaled = (z_tile - mu[:, None, :]) * inv_sigma[:, None, :]
+    mahalanobis = tl.sum(scaled * scaled, axis=2)
+    nu = tl.load(nu_ptr + rows * K + k, mask=mask_r, other=1.0).to(COMPUTE)
+    log_coef = tl.load(log_coef_ptr + rows * K + k, mask=mask_r, other=0.0).to(COMPUTE)
+    return scaled, inv_sigma, mahalanobis, nu[:, None], log_coef[:, None]
+
+
+@triton.jit
+def _mixture_logpdf_tile(
+    z_tile, mu_ptr, log_sigma_ptr, nu_ptr, log_coef_ptr, rows, mask_r, offs_d, mask_d, K, D,
+    COMPUTE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    """log p(z) [BLOCK_R, BLOCK_P] for a tile of points: online logsumexp over components.
 
     Absent components (L_k = -inf) contribute exp(-inf) = 0; the running maximum is
     replaced by 0 while it is still -inf so that no -inf - (-inf) = NaN appears.
     """
-    running_max = tl.full([BLOCK_P], float("-inf"), COMPUTE)
-    running_sum = tl.zeros([BLOCK_P], COMPUTE)
+    running_max = tl.full([BLOCK_R, BLOCK_P], float("-inf"), COMPUTE)
+    running_sum = tl.zeros([BLOCK_R, BLOCK_P], COMPUTE)
     for k in range(K):
-        scaled, _ = _scaled_residual(
-            z_tile, mu_row_ptr + k * D, log_sigma_row_ptr + k * D, offs_d, mask_d, COMPUTE
+        _, _, mahalanobis, nu, log_coef = _component(
+            z_tile, mu_ptr, log_sigma_ptr, nu_ptr, log_coef_ptr, k, rows, mask_r, offs_d, mask_d,
+            K, D, COMPUTE,
         )
-        mahalanobis = tl.sum(scaled * scaled, axis=1)
-        nu = tl.load(nu_row_ptr + k).to(COMPUTE)
-        log_coef = tl.load(log_coef_row_ptr + k).to(COMPUTE)
         log_term = log_coef + _log_kernel(_log1p(mahalanobis / nu), nu, D)
         new_max = tl.maximum(running_max, log_term)
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)
@@ -123,15 +155,8 @@ def _mixture_logpdf_tile(
     return shift + tl.log(running_sum)
 
 
-@triton.jit
-def _load_point_tile(z_row_ptr, offs_p, mask_p, offs_d, mask_d, D, COMPUTE: tl.constexpr):
-    """A [BLOCK_P, BLOCK_D] tile of one row's points (contiguous [P, D]); padding reads 0."""
-    ptrs = z_row_ptr + offs_p[:, None] * D + offs_d[None, :]
-    return tl.load(ptrs, mask=mask_p[:, None] & mask_d[None, :], other=0.0).to(COMPUTE)
-
-
 # ----------------------------------------------------------------------------------------
-# Kernels
+# Kernels. Program (i, t) handles rows [i * BLOCK_R, (i + 1) * BLOCK_R) and point tile t.
 # ----------------------------------------------------------------------------------------
 
 
@@ -143,34 +168,27 @@ def _mixture_logpdf_forward_kernel(
     nu_ptr,
     log_coef_ptr,
     out_ptr,
+    B,
     P,
     K,
     D,
     COMPUTE: tl.constexpr,
+    BLOCK_R: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """Program (row b, point tile t): out[b, tile] = log p(z[b, tile])."""
-    row = tl.program_id(0).to(tl.int64)
+    """out[rows, tile] = log p(z[rows, tile])."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_d = tl.arange(0, BLOCK_D)
-    mask_p = offs_p < P
-    mask_d = offs_d < D
-    z_tile = _load_point_tile(z_ptr + row * P * D, offs_p, mask_p, offs_d, mask_d, D, COMPUTE)
+    mask_r, mask_p, mask_d = rows < B, offs_p < P, offs_d < D
+    z_tile = _load_point_tile(z_ptr, rows, offs_p, offs_d, mask_r, mask_p, mask_d, P, D, COMPUTE)
     log_p = _mixture_logpdf_tile(
-        z_tile,
-        mu_ptr + row * K * D,
-        log_sigma_ptr + row * K * D,
-        nu_ptr + row * K,
-        log_coef_ptr + row * K,
-        K,
-        D,
-        offs_d,
-        mask_d,
-        COMPUTE,
-        BLOCK_P,
+        z_tile, mu_ptr, log_sigma_ptr, nu_ptr, log_coef_ptr, rows, mask_r, offs_d, mask_d, K, D,
+        COMPUTE, BLOCK_R, BLOCK_P,
     )
-    tl.store(out_ptr + row * P + offs_p, log_p, mask=mask_p)
+    out_offs = rows[:, None] * P + offs_p[None, :]
+    tl.store(out_ptr + out_offs, log_p, mask=mask_r[:, None] & mask_p[None, :])
 
 
 @triton.jit
@@ -192,62 +210,63 @@ def _mixture_logpdf_backward_kernel(
     K,
     D,
     COMPUTE: tl.constexpr,
+    BLOCK_R: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_D: tl.constexpr,
     NEEDS_GRAD_Z: tl.constexpr,
 ):
-    """Program (row b, point tile t): gradients of sum_p grad_out[b, p] * log p(z[b, p]).
+    """Gradients of sum_p grad_out[b, p] * log p(z[b, p]) for the tile's rows and points.
 
-    The [B, K(, D)] parameter gradients of tile t go to slice t of [num_tiles, B, K(, D)]
-    buffers (the gradient tensors themselves when there is one tile), summed on the host:
-    no atomics, so the result is deterministic.
+    The [B, K(, D)] parameter gradients of point tile t go to slice t of
+    [num_tiles, B, K(, D)] buffers (the gradient tensors themselves when there is one
+    tile), summed on the host: no atomics, so the result is deterministic.
     """
-    row = tl.program_id(0).to(tl.int64)
     tile = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_p = tile * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_d = tl.arange(0, BLOCK_D)
-    mask_p = offs_p < P
-    mask_d = offs_d < D
-    z_tile = _load_point_tile(z_ptr + row * P * D, offs_p, mask_p, offs_d, mask_d, D, COMPUTE)
-    grad_out = tl.load(grad_out_ptr + row * P + offs_p, mask=mask_p, other=0.0).to(COMPUTE)
-    log_p = tl.load(out_ptr + row * P + offs_p, mask=mask_p, other=0.0).to(COMPUTE)
-    grad_z = tl.zeros([BLOCK_P, BLOCK_D], COMPUTE)
-    param_offset = (tile * B + row) * K  # into the [num_tiles, B, K] buffers
+    mask_r, mask_p, mask_d = rows < B, offs_p < P, offs_d < D
+    mask_rp = mask_r[:, None] & mask_p[None, :]
+    mask_rd = mask_r[:, None] & mask_d[None, :]
+    z_tile = _load_point_tile(z_ptr, rows, offs_p, offs_d, mask_r, mask_p, mask_d, P, D, COMPUTE)
+    point_offs = rows[:, None] * P + offs_p[None, :]
+    grad_out = tl.load(grad_out_ptr + point_offs, mask=mask_rp, other=0.0).to(COMPUTE)
+    log_p = tl.load(out_ptr + point_offs, mask=mask_rp, other=0.0).to(COMPUTE)
+    grad_z = tl.zeros([BLOCK_R, BLOCK_P, BLOCK_D], COMPUTE)
+    weight_offs = (tile * B + rows) * K  # [BLOCK_R] into the [num_tiles, B, K] buffers
     for k in range(K):
-        scaled, inv_sigma = _scaled_residual(
-            z_tile,
-            mu_ptr + (row * K + k) * D,
-            log_sigma_ptr + (row * K + k) * D,
-            offs_d,
-            mask_d,
-            COMPUTE,
+        scaled, inv_sigma, mahalanobis, nu, log_coef = _component(
+            z_tile, mu_ptr, log_sigma_ptr, nu_ptr, log_coef_ptr, k, rows, mask_r, offs_d, mask_d,
+            K, D, COMPUTE,
         )
-        mahalanobis = tl.sum(scaled * scaled, axis=1)
-        nu = tl.load(nu_ptr + row * K + k).to(COMPUTE)
-        log_coef = tl.load(log_coef_ptr + row * K + k).to(COMPUTE)
         ratio = mahalanobis / nu
         log_q = _log1p(ratio)
         responsibility = tl.exp(log_coef + _log_kernel(log_q, nu, D) - log_p)
         # upstream gradient times responsibility; padded points carry exactly 0
-        weight = tl.where(mask_p, grad_out * responsibility, 0.0)
+        weight = tl.where(mask_rp, grad_out * responsibility, 0.0)
         a = (nu + D) / (nu + mahalanobis)
         coef = weight * a
-        # r a (z - mu) / sigma^2, the common factor of d/dz and d/dmu
-        pull = coef[:, None] * scaled * inv_sigma[None, :]
+        # r a (z - mu) / sigma^2: the common factor of d/dz and d/dmu
+        pull = coef[:, :, None] * scaled * inv_sigma[:, None, :]
         if NEEDS_GRAD_Z:
             grad_z -= pull
-        weight_sum = tl.sum(weight, axis=0)
-        grad_mu = tl.sum(pull, axis=0)
-        grad_log_sigma = tl.sum(coef[:, None] * scaled * scaled, axis=0) - weight_sum
-        grad_nu = 0.5 * tl.sum(weight * (a * ratio - log_q), axis=0)
-        kd_offset = (param_offset + k) * D
-        tl.store(grad_mu_ptr + kd_offset + offs_d, grad_mu, mask=mask_d)
-        tl.store(grad_log_sigma_ptr + kd_offset + offs_d, grad_log_sigma, mask=mask_d)
-        tl.store(grad_nu_ptr + param_offset + k, grad_nu)
-        tl.store(grad_log_coef_ptr + param_offset + k, weight_sum)
+        weight_sum = tl.sum(weight, axis=1)
+        grad_mu = tl.sum(pull, axis=1)
+        grad_log_sigma = tl.sum(coef[:, :, None] * scaled * scaled, axis=1) - weight_sum[:, None]
+        # (a x - log1p x) / 2 with x = m / nu. For x < 1 (large nu) both parts are ~x and
+        # nearly cancel, so use (x - log1p x) + x (a - 1) there; for large x that form
+        # cancels instead (x against -x), so keep the plain one.
+        q_small = _x_minus_log1p(ratio) + ratio * ((D - mahalanobis) / (nu + mahalanobis))
+        q_term = tl.where(ratio < 1.0, q_small, a * ratio - log_q)
+        grad_nu = 0.5 * tl.sum(weight * q_term, axis=1)
+        param_offs = (weight_offs[:, None] + k) * D + offs_d[None, :]
+        tl.store(grad_mu_ptr + param_offs, grad_mu, mask=mask_rd)
+        tl.store(grad_log_sigma_ptr + param_offs, grad_log_sigma, mask=mask_rd)
+        tl.store(grad_nu_ptr + weight_offs + k, grad_nu, mask=mask_r)
+        tl.store(grad_log_coef_ptr + weight_offs + k, weight_sum, mask=mask_r)
     if NEEDS_GRAD_Z:
-        ptrs = grad_z_ptr + row * P * D + offs_p[:, None] * D + offs_d[None, :]
-        tl.store(ptrs, grad_z, mask=mask_p[:, None] & mask_d[None, :])
+        ptrs = grad_z_ptr + point_offs[:, :, None] * D + offs_d[None, None, :]
+        tl.store(ptrs, grad_z, mask=mask_rp[:, :, None] & mask_d[None, None, :])
 
 
 # ----------------------------------------------------------------------------------------
@@ -294,7 +313,7 @@ def launch_mixture_backward(
     """
     batch, points, dim = z.shape
     components = mu.shape[1]
-    block_p, block_d = row_tile(points, dim, tiles)
+    block_r, block_p, block_d = point_tile(batch, points, dim, tiles)
     num_tiles = triton.cdiv(points, block_p)
     acc_dtype, compute = _compute_dtypes(fp64)
 
@@ -307,7 +326,7 @@ def launch_mixture_backward(
     grad_mu, grad_log_sigma = param_buffer(mu), param_buffer(log_sigma)
     grad_nu, grad_log_coef = param_buffer(nu), param_buffer(log_coef)
     grad_z = torch.empty_like(z) if needs_grad_z else None
-    _mixture_logpdf_backward_kernel[(batch, num_tiles)](
+    _mixture_logpdf_backward_kernel[(triton.cdiv(batch, block_r), num_tiles)](
         grad_out,
         log_p,
         z,
@@ -325,10 +344,12 @@ def launch_mixture_backward(
         components,
         dim,
         COMPUTE=compute,
+        BLOCK_R=block_r,
         BLOCK_P=block_p,
         BLOCK_D=block_d,
         NEEDS_GRAD_Z=needs_grad_z,
-        num_warps=num_warps_for(2 * block_p * block_d, tiles),
+        # about four live tiles (z, scaled residual, its product, dz): twice the warps
+        num_warps=num_warps_for(2 * block_r * block_p * block_d, tiles),
     )
     grads = []
     for buffer, like in ((grad_mu, mu), (grad_log_sigma, log_sigma), (grad_nu, nu), (grad_log_coef, log_coef)):
@@ -347,9 +368,9 @@ class MixtureLogPdfFunction(torch.autograd.Function):
         )
         batch, points, dim = z.shape
         out_dtype, compute = _compute_dtypes(fp64)
-        block_p, block_d = row_tile(points, dim, tiles)
+        block_r, block_p, block_d = point_tile(batch, points, dim, tiles)
         log_p = torch.empty((batch, points), dtype=out_dtype, device=z.device)
-        grid = (batch, triton.cdiv(points, block_p))
+        grid = (triton.cdiv(batch, block_r), triton.cdiv(points, block_p))
         _mixture_logpdf_forward_kernel[grid](
             z,
             mu,
@@ -357,13 +378,15 @@ class MixtureLogPdfFunction(torch.autograd.Function):
             nu,
             log_coef,
             log_p,
+            batch,
             points,
             mu.shape[1],
             dim,
             COMPUTE=compute,
+            BLOCK_R=block_r,
             BLOCK_P=block_p,
             BLOCK_D=block_d,
-            num_warps=num_warps_for(block_p * block_d, tiles),
+            num_warps=num_warps_for(block_r * block_p * block_d, tiles),
         )
         ctx.save_for_backward(z, mu, log_sigma, nu, log_coef, log_p)
         ctx.fp64, ctx.tiles = fp64, tiles
