@@ -1,5 +1,4 @@
 """Missingness: MMSA generate_m agreement, the 17 evaluation conditions, training views."""
-import math
 
 import numpy as np
 import pytest
@@ -69,6 +68,14 @@ def test_frame_missing_matches_mmsa_generate_m(split, rate, seed, global_numpy_s
         np.testing.assert_array_equal(getattr(out, f"{name}_lengths"), getattr(split, f"{name}_lengths"))
     for key, value in before.items():  # the input split is untouched
         np.testing.assert_array_equal(getattr(split, key), value)
+
+
+def test_without_text_bert_the_text_mask_comes_from_lengths(split):
+    with_ids = frame_missing(split, 0.5, (3, 4, 5))
+    without = frame_missing(split.replace(text_bert=None), 0.5, (3, 4, 5))
+    assert without.text_bert is None
+    np.testing.assert_array_equal(without.text, with_ids.text)
+    np.testing.assert_array_equal(without.audio, with_ids.audio)
 
 
 def test_rate_zero_is_identity_and_rate_one_keeps_only_cls_sep(split):

@@ -156,7 +156,8 @@ def test_subset_keeps_rows_together():
     assert part.num_samples == 2 and part.ids.tolist() == [split.ids[4], split.ids[1]]
     np.testing.assert_array_equal(part.audio, split.audio[rows])
     np.testing.assert_array_equal(part.text_bert, split.text_bert[rows])
-    np.testing.assert_array_equal(part.extra_labels["regression_labels_A"], split.extra_labels["regression_labels_A"][rows])
+    np.testing.assert_array_equal(part.extra_labels["regression_labels_A"],
+                                  split.extra_labels["regression_labels_A"][rows])
     with pytest.raises(ValueError, match="audio_lengths"):
         split.replace(audio_lengths=split.audio_lengths[:3])
 

@@ -16,7 +16,6 @@ view) is never modified.
 """
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass
 

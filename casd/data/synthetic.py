@@ -135,7 +135,7 @@ def _sequence(s, lengths, max_len, direction, signal, offset, sigma, rng, inner=
     return x.astype(np.float32)
 
 
-def _split(config: SyntheticConfig, structure: _Structure, name: str, n: int, first_speaker: int,
+def _split(config: SyntheticConfig, structure: _Structure, n: int, first_speaker: int,
            rng: np.random.Generator) -> tuple[dict, int]:
     s = rng.normal(0.0, config.label_scale, size=n)
     ratings = np.rint(np.clip(s[:, None] + rng.normal(0.0, config.annotator_noise,
@@ -195,7 +195,7 @@ def generate_synthetic(config: SyntheticConfig = SyntheticConfig()) -> dict[str,
     structure = _structure(config, np.random.default_rng(structure_seq))
     data, first_speaker = {}, 0
     for name, seq in zip(SPLITS, split_seqs):  # own stream per split: sizes don't leak across
-        data[name], first_speaker = _split(config, structure, name, config.split_sizes[name],
+        data[name], first_speaker = _split(config, structure, config.split_sizes[name],
                                            first_speaker, np.random.default_rng(seq))
     return data
 
