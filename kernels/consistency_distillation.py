@@ -184,8 +184,8 @@ def consistency_distillation_triton(
     s_mu, s_log_sigma, s_nu, s_log_pi = student
     fp64 = use_fp64(z, *teacher, *student, omega, w)
     with torch.no_grad():
-        t_log_coef = mixture_log_coefficients(t_log_pi, t_nu, t_log_sigma)
-    s_log_coef = mixture_log_coefficients(s_log_pi, s_nu, s_log_sigma)
+        t_nu, t_log_coef = mixture_log_coefficients(t_log_pi, t_nu, t_log_sigma)
+    s_nu, s_log_coef = mixture_log_coefficients(s_log_pi, s_nu, s_log_sigma)
     per_row = ConsistencyDistillationFunction.apply(
         z.detach(), t_mu, t_log_sigma, t_nu, t_log_coef,
         s_mu, s_log_sigma, s_nu, s_log_coef,

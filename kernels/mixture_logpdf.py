@@ -280,17 +280,24 @@ def _compute_dtypes(fp64: bool) -> tuple[torch.dtype, tl.dtype]:
 
 def mixture_log_coefficients(
     log_pi: torch.Tensor, nu: torch.Tensor, log_sigma: torch.Tensor
-) -> torch.Tensor:
-    """L_k = log pi_k + C_k [B, K] in float64, differentiable in log_pi and nu.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(nu, L): nu as the kernels take it and L_k = log pi_k + C_k [B, K] in float64.
 
-    Float64 because C_k is a difference of two lgamma values that grow like nu log nu:
-    at nu = 1e4 float32 would lose about 1e-3 absolutely. log_sigma enters detached: the
-    backward kernel returns all of d/ds, including the -1 from C_k.
+    L is float64 because C_k is a difference of two lgamma values that grow like
+    nu log nu: at nu = 1e4 float32 would lose about 1e-3 absolutely. It is differentiable
+    in log_pi and nu; log_sigma enters detached, as the backward kernel returns all of
+    d/ds including the -1 from C_k.
+
+    nu is raised to at least float32 once, here, and used for both paths: its gradient
+    is the kernel's q-term plus autograd's r dC/dnu, two terms that nearly cancel, so
+    they must be added before the result is rounded to a float16/bfloat16 nu.
     """
+    if nu.dtype in (torch.float16, torch.bfloat16):
+        nu = nu.float()
     sigma_part = log_sigma.detach()
     if sigma_part.dtype in (torch.float16, torch.bfloat16):
         sigma_part = sigma_part.float()  # sum D values at fp32 precision, not fp16
-    return log_pi.double() + host_math.log_normaliser(nu.double(), sigma_part)
+    return nu, log_pi.double() + host_math.log_normaliser(nu.double(), sigma_part)
 
 
 def launch_mixture_backward(
@@ -429,7 +436,7 @@ def mixture_logpdf_triton(
     """
     check_launch_inputs({"z": z, "mu": mu, "log_sigma": log_sigma, "nu": nu, "log_pi": log_pi})
     fp64 = use_fp64(z, mu, log_sigma, nu, log_pi)
-    log_coef = mixture_log_coefficients(log_pi, nu, log_sigma)
+    nu, log_coef = mixture_log_coefficients(log_pi, nu, log_sigma)
     return MixtureLogPdfFunction.apply(
         z, mu, log_sigma, nu, log_coef, fp64, tiles or default_tiles()
     )

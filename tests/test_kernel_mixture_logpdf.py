@@ -1,0 +1,273 @@
+"""The fused mixture_logpdf kernels against the float64 PyTorch reference.
+
+Every test draws fresh random inputs (the seed is printed, so a failure can be replayed)
+and compares the kernel's value and all five gradients, under a random upstream gradient,
+with ``mixture_logpdf_reference`` evaluated in float64 on the very same (rounded) inputs.
+
+Tolerances: values elementwise ``|a - b| <= rtol * max(|b|, 1)``; gradients normwise
+``max|a - b| <= rtol * max|b|`` per tensor (a gradient entry can be 0 where its neighbours
+are not, so elementwise relative error is meaningless for it). float32: 1e-5 / 1e-4;
+float64: 1e-10 / 1e-9; float16 / bfloat16 inputs (loaded as they are, computed in fp32):
+the value as tight as fp32, gradients rounded to the input dtype.
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from casd.kernels import host_math, ops
+from casd.kernels.launch import TileConfig
+from casd.kernels.reference import mixture_logpdf_reference
+from casd.kernels.runtime import triton_ops
+
+NAMES = ("z", "mu", "log_sigma", "nu", "log_pi")
+# (value rtol, gradient rtol) per dtype
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-9),
+    torch.float32: (1e-5, 1e-4),
+    torch.float16: (1e-5, 2e-3),
+    torch.bfloat16: (1e-5, 1.6e-2),
+}
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    seed = random.SystemRandom().randrange(2**31)
+    print(f"random inputs from seed {seed}")
+    return torch.Generator().manual_seed(seed)
+
+
+def random_inputs(gen, batch, points, components, dim, *, nu_range=(2.0, 12.0), z_scale=1.5,
+                  near_mean=False, dtype=torch.float32, device="cpu"):
+    """(z, mu, log_sigma, nu, log_pi) with some absent components (-inf log_pi)."""
+    mu = torch.randn(batch, components, dim, generator=gen, dtype=torch.float64)
+    log_sigma = 0.4 * torch.randn(batch, components, dim, generator=gen, dtype=torch.float64)
+    low, high = nu_range
+    nu = low + (high - low) * torch.rand(batch, components, generator=gen, dtype=torch.float64)
+    available = torch.rand(batch, components, generator=gen) < 0.7
+    available[:, 0] = True
+    if components > 1:
+        available[0, -1] = False  # at least one absent component whatever the draw
+    u = torch.randn(batch, components, generator=gen, dtype=torch.float64)
+    log_pi = host_math.confidence_log_weights(u, available)
+    if near_mean:  # every point within 1e-3 of the first component's mean
+        z = mu[:, :1] + 1e-3 * torch.randn(batch, points, dim, generator=gen, dtype=torch.float64)
+    else:
+        z = z_scale * torch.randn(batch, points, dim, generator=gen, dtype=torch.float64)
+    return [t.to(device=device, dtype=dtype) for t in (z, mu, log_sigma, nu, log_pi)]
+
+
+def kernel_and_reference(inputs, grad_out, run=None):
+    """(value, grads) of the kernel on ``inputs`` and of the float64 reference on the same values."""
+    run = run or (lambda *xs: ops.mixture_logpdf(*xs, backend="triton"))
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    value = run(*leaves)
+    grads = torch.autograd.grad(value, leaves, grad_out.to(value.dtype))
+    ref_leaves = [t.detach().double().requires_grad_() for t in inputs]
+    ref = mixture_logpdf_reference(*ref_leaves)
+    ref_grads = torch.autograd.grad(ref, ref_leaves, grad_out.double())
+    return value, grads, ref, ref_grads
+
+
+def assert_value_close(value, ref, rtol):
+    err = ((value.double() - ref).abs() / ref.abs().clamp_min(1.0)).max().item()
+    assert err <= rtol, f"value: relative error {err:.3e} > {rtol}"
+
+
+def assert_grad_close(name, grad, ref, rtol, atol=0.0):
+    assert torch.isfinite(grad).all(), f"d/d{name} has non-finite entries"
+    err = (grad.double() - ref).abs().max().item()
+    scale = ref.abs().max().item()
+    assert err <= rtol * scale + atol, (
+        f"d/d{name}: max error {err:.3e} > {rtol} x max|ref| {scale:.3e} + {atol:.1e}"
+    )
+
+
+def nu_gradient_floor(nu, grad_out):
+    """What float64 itself can resolve in d/dnu: it sums terms of size ~log(nu) per point
+    (digamma, log q) that cancel to ~D^2/nu^2 at large nu, so even the float64 reference
+    is only good to a few ulps of log(nu) times sum_p |grad_out|."""
+    eps64 = torch.finfo(torch.float64).eps
+    return 64 * eps64 * grad_out.abs().sum(-1).max().item() * (1 + nu.double().log().max().item())
+
+
+def check_against_reference(inputs, grad_out, dtype, run=None):
+    value_rtol, grad_rtol = TOLERANCES[dtype]
+    value, grads, ref, ref_grads = kernel_and_reference(inputs, grad_out, run)
+    assert value.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert value.shape == ref.shape
+    assert_value_close(value, ref, value_rtol)
+    absent = torch.isneginf(inputs[4])
+    for name, grad, ref_grad, leaf in zip(NAMES, grads, ref_grads, inputs):
+        assert grad.dtype == leaf.dtype and grad.shape == leaf.shape, name
+        floor = nu_gradient_floor(inputs[3], grad_out) if name == "nu" else 0.0
+        assert_grad_close(name, grad, ref_grad, grad_rtol, floor)
+        if name != "z":  # absent components: exactly zero, not NaN
+            assert (grad[absent] == 0).all(), f"d/d{name} is not exactly 0 for absent components"
+
+
+SHAPES = [  # (B, P, K, D): B = 1, P = 1, K = 1, D = 1, non-powers of two, the model's K = 7
+    (1, 1, 1, 1),
+    (1, 6, 3, 5),
+    (3, 1, 2, 8),
+    (4, 7, 7, 13),
+    (2, 28, 7, 50),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-P{}-K{}-D{}".format(*s))
+def test_value_and_gradients_match_reference(gen, device, shape, dtype):
+    batch, points, components, dim = shape
+    inputs = random_inputs(gen, batch, points, components, dim, dtype=dtype, device=device)
+    grad_out = torch.randn(batch, points, generator=gen).to(device)
+    check_against_reference(inputs, grad_out, dtype)
+
+
+EXTREMES = {
+    "nu-near-2": dict(nu_range=(2.0, 2.01)),
+    "nu-1e4-near-mean": dict(nu_range=(1e4, 1e4), near_mean=True),
+    "nu-1e4-tails": dict(nu_range=(1e4, 1e4), z_scale=100.0),
+    "nu-2-far-tails": dict(nu_range=(2.0, 3.0), z_scale=1e3),
+    "mixed-nu-tails": dict(nu_range=(2.0, 1e4), z_scale=30.0),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", EXTREMES)
+def test_extreme_degrees_of_freedom_and_tails(gen, device, case, dtype):
+    inputs = random_inputs(gen, 3, 6, 4, 11, dtype=dtype, device=device, **EXTREMES[case])
+    grad_out = torch.randn(3, 6, generator=gen).to(device)
+    check_against_reference(inputs, grad_out, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reduced_precision_inputs_are_computed_in_fp32(gen, device, dtype):
+    """fp16/bf16 are only loaded: the reference sees the same rounded values in float64."""
+    inputs = random_inputs(gen, 3, 5, 3, 9, dtype=dtype, device=device)
+    grad_out = torch.randn(3, 5, generator=gen).to(device)
+    check_against_reference(inputs, grad_out, dtype)
+
+
+def test_mixed_input_dtypes(gen, device):
+    z, mu, log_sigma, nu, log_pi = random_inputs(gen, 2, 4, 3, 6, device=device)
+    inputs = [z.half(), mu, log_sigma.bfloat16(), nu, log_pi]
+    value, grads, ref, ref_grads = kernel_and_reference(inputs, torch.ones(2, 4, device=device))
+    assert value.dtype == torch.float32
+    assert_value_close(value, ref, 1e-5)
+    assert [g.dtype for g in grads] == [t.dtype for t in inputs]
+
+
+def small_tiles(run_tiles: TileConfig):
+    """Call the launcher directly with a tile budget that forces several tiles."""
+    module = triton_ops(torch.device("cpu") if not torch.cuda.is_available() else torch.device("cuda"))
+    return lambda *xs: module.mixture_logpdf_triton(*xs, tiles=run_tiles)
+
+
+@pytest.mark.parametrize(
+    "tiles",
+    [TileConfig(point_tile=16, pack_tile=16), TileConfig(point_tile=64, pack_tile=256)],
+    ids=["one-row-per-program-4-points", "packed-rows-partial-last-tile"],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_several_point_tiles_and_packed_rows(gen, device, tiles, dtype):
+    """P split over programs (per-tile partial gradients) and rows packed per program."""
+    inputs = random_inputs(gen, 5, 11, 3, 7, dtype=dtype, device=device)
+    grad_out = torch.randn(5, 11, generator=gen).to(device)
+    check_against_reference(inputs, grad_out, dtype, run=small_tiles(tiles))
+
+
+def test_non_contiguous_inputs_are_accepted(gen, device):
+    z, mu, log_sigma, nu, log_pi = random_inputs(gen, 3, 5, 4, 6, device=device)
+    strided = [
+        z.transpose(1, 2).contiguous().transpose(1, 2),  # same values, [P, D] strides swapped
+        torch.stack([mu, mu], dim=-1)[..., 0],
+        log_sigma.transpose(0, 1).contiguous().transpose(0, 1),
+        nu.t().contiguous().t(),
+        log_pi,
+    ]
+    assert not strided[0].is_contiguous() and not strided[1].is_contiguous()
+    expected = ops.mixture_logpdf(z, mu, log_sigma, nu, log_pi, backend="triton")
+    torch.testing.assert_close(ops.mixture_logpdf(*strided, backend="triton"), expected, rtol=0, atol=0)
+
+
+def test_bitwise_deterministic(gen, device):
+    inputs = random_inputs(gen, 4, 9, 5, 7, device=device)
+    grad_out = torch.randn(4, 9, generator=gen).to(device)
+    run = small_tiles(TileConfig(point_tile=32, pack_tile=32))
+    first = kernel_and_reference(inputs, grad_out, run)
+    second = kernel_and_reference(inputs, grad_out, run)
+    assert torch.equal(first[0], second[0])
+    for a, b in zip(first[1], second[1]):
+        assert torch.equal(a, b)
+
+
+def test_every_output_element_is_written(gen, device, monkeypatch):
+    """Buffers the launcher allocates start as NaN: any element the kernels skip shows up."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def poisoned(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: poisoned(real_empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poisoned(real_empty_like(*a, **k)))
+    for tiles in (None, TileConfig(point_tile=16, pack_tile=16)):
+        inputs = random_inputs(gen, 3, 7, 3, 5, device=device)
+        grad_out = torch.randn(3, 7, generator=gen).to(device)
+        run = small_tiles(tiles) if tiles else None
+        value, grads, ref, ref_grads = kernel_and_reference(inputs, grad_out, run)
+        assert torch.isfinite(value).all()
+        assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_autocast_inputs_from_lower_precision_layers(gen, device):
+    """Under autocast the parameters come out of bf16/fp16 matmuls; the op still returns fp32."""
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    batch, points, components, dim = 3, 4, 3, 6
+    features = torch.randn(batch, 8, generator=gen).to(device)
+    head = torch.nn.Linear(8, components * dim * 2 + components).to(device)
+    z = torch.randn(batch, points, dim, generator=gen).to(device)
+    available = torch.ones(batch, components, dtype=torch.bool, device=device)
+    available[0, 1] = False
+    with torch.autocast(device_type=device.type, dtype=amp_dtype):
+        out = head(features)
+        mu = out[:, : components * dim].reshape(batch, components, dim)
+        log_sigma = 0.1 * out[:, components * dim : 2 * components * dim].reshape(batch, components, dim)
+        nu = 2.0 + torch.nn.functional.softplus(out[:, -components:])
+        log_pi = host_math.confidence_log_weights(torch.zeros_like(nu.float()), available)
+        assert mu.dtype == amp_dtype
+        log_p = ops.mixture_logpdf(z, mu, log_sigma, nu, log_pi, backend="triton")
+    assert log_p.dtype == torch.float32
+    expected = mixture_logpdf_reference(*(t.detach().double() for t in (z, mu, log_sigma, nu, log_pi)))
+    assert_value_close(log_p.detach(), expected, 1e-5)
+    log_p.sum().backward()
+    assert head.weight.grad is not None and torch.isfinite(head.weight.grad).all()
+
+
+def test_row_with_every_component_absent_raises_before_launch(gen, device, monkeypatch):
+    import casd.kernels.mixture_logpdf as module
+
+    class NoLaunch:
+        def __getitem__(self, grid):
+            raise AssertionError("a kernel was launched")
+
+    monkeypatch.setattr(module, "_mixture_logpdf_forward_kernel", NoLaunch())
+    z, mu, log_sigma, nu, log_pi = random_inputs(gen, 2, 3, 3, 4, device=device)
+    log_pi[1] = float("-inf")
+    with pytest.raises(ValueError, match="every component is absent"):
+        ops.mixture_logpdf(z, mu, log_sigma, nu, log_pi, backend="triton")
+
+
+def test_launcher_rejects_wrong_dtype_and_device(gen, device):
+    module = triton_ops(device)
+    inputs = random_inputs(gen, 2, 3, 2, 4, device=device)
+    with pytest.raises(TypeError, match="log_pi has dtype torch.int64"):
+        module.mixture_logpdf_triton(*inputs[:4], inputs[4].long())
+    mixed = [inputs[0].to("meta"), *inputs[1:]]
+    with pytest.raises(ValueError, match="all inputs must be on one device"):
+        module.mixture_logpdf_triton(*mixed)
+    elsewhere = "meta" if device.type == "cpu" else "cpu"
+    with pytest.raises(ValueError, match="keep all kernel inputs on"):
+        module.mixture_logpdf_triton(*(t.to(elsewhere) for t in inputs))
