@@ -1,0 +1,196 @@
+"""The fused consistency_distillation kernels against the float64 PyTorch reference.
+
+Fresh random teacher/student mixtures each run (seed printed): a complete teacher, a
+student with absent components, teacher-like points, point weights omega that sum to one
+per row and row weights w with mean one, as in SPEC §4. The per-row terms are differences
+of two log densities, so their float32 error is measured against the size of what is
+subtracted, w_b sum_p omega_bp (|log p_T| + |log p_S|): 1e-5 of it (1e-10 in float64).
+Gradients (student only) normwise 1e-4 (1e-9 in float64).
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from casd.kernels import host_math, ops
+from casd.kernels.launch import TileConfig
+from casd.kernels.reference import consistency_distillation_reference, mixture_logpdf_reference
+from casd.kernels.runtime import triton_ops
+
+STUDENT = ("mu", "log_sigma", "nu", "log_pi")
+TOLERANCES = {  # (per-row rtol, gradient rtol)
+    torch.float64: (1e-10, 1e-9),
+    torch.float32: (1e-5, 1e-4),
+    torch.float16: (1e-5, 2e-3),
+    torch.bfloat16: (1e-5, 1.6e-2),
+}
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    seed = random.SystemRandom().randrange(2**31)
+    print(f"random inputs from seed {seed}")
+    return torch.Generator().manual_seed(seed)
+
+
+def random_mixture(gen, batch, components, dim, *, complete):
+    mu = torch.randn(batch, components, dim, generator=gen, dtype=torch.float64)
+    log_sigma = 0.4 * torch.randn(batch, components, dim, generator=gen, dtype=torch.float64)
+    nu = 2.0 + 10.0 * torch.rand(batch, components, generator=gen, dtype=torch.float64)
+    available = torch.ones(batch, components, dtype=torch.bool)
+    if not complete:
+        available = torch.rand(batch, components, generator=gen) < 0.6
+        available[:, 0] = True
+        if components > 1:
+            available[0, -1] = False
+    u = torch.randn(batch, components, generator=gen, dtype=torch.float64)
+    return [mu, log_sigma, nu, host_math.confidence_log_weights(u, available)]
+
+
+def random_problem(gen, batch, points, components, dim, *, dtype=torch.float32, device="cpu"):
+    """(z, teacher, student, omega, w) in ``dtype`` on ``device``."""
+    teacher = random_mixture(gen, batch, components, dim, complete=True)
+    student = random_mixture(gen, batch, components, dim, complete=False)
+    student[0] = teacher[0] + 0.3 * torch.randn(teacher[0].shape, generator=gen, dtype=torch.float64)
+    z = teacher[0][:, :1] + 1.5 * torch.randn(batch, points, dim, generator=gen, dtype=torch.float64)
+    omega = torch.softmax(torch.randn(batch, points, generator=gen, dtype=torch.float64), -1)
+    w = batch * torch.softmax(torch.randn(batch, generator=gen, dtype=torch.float64), 0)
+
+    def cast(t):
+        return t.to(device=device, dtype=dtype)
+
+    return cast(z), [cast(t) for t in teacher], [cast(t) for t in student], cast(omega), cast(w)
+
+
+def run_and_reference(problem, row_grad, run=None):
+    """Kernel and float64 reference on the same values; gradients of loss + sum(row_grad * per_row)."""
+    run = run or (lambda *xs: ops.consistency_distillation(*xs, backend="triton"))
+    z, teacher, student, omega, w = problem
+    student_leaves = [t.detach().clone().requires_grad_() for t in student]
+    loss, per_row = run(z, teacher, student_leaves, omega, w)
+    objective = loss + (row_grad.to(per_row.dtype) * per_row).sum()
+    grads = torch.autograd.grad(objective, student_leaves)
+    ref_leaves = [t.detach().double().requires_grad_() for t in student]
+    ref_loss, ref_per_row = consistency_distillation_reference(
+        z.double(), [t.double() for t in teacher], ref_leaves, omega.double(), w.double()
+    )
+    ref_grads = torch.autograd.grad(ref_loss + (row_grad.double() * ref_per_row).sum(), ref_leaves)
+    return (loss, per_row, grads), (ref_loss, ref_per_row, ref_grads)
+
+
+def subtracted_magnitude(problem):
+    """w_b sum_p omega_bp (|log p_T| + |log p_S|) [B]: the scale of what per_row cancels."""
+    z, teacher, student, omega, w = (x if torch.is_tensor(x) else [t.double() for t in x] for x in problem)
+    log_t = mixture_logpdf_reference(z.double(), *teacher).abs()
+    log_s = mixture_logpdf_reference(z.double(), *student).abs()
+    return w.double().abs() * (omega.double().abs() * (log_t + log_s)).sum(-1)
+
+
+def check_against_reference(problem, row_grad, dtype, run=None):
+    row_rtol, grad_rtol = TOLERANCES[dtype]
+    (loss, per_row, grads), (ref_loss, ref_per_row, ref_grads) = run_and_reference(problem, row_grad, run)
+    out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    assert loss.dtype == per_row.dtype == out_dtype and loss.dim() == 0
+    scale = subtracted_magnitude(problem)
+    row_err = (per_row.double() - ref_per_row).abs()
+    assert (row_err <= row_rtol * scale).all(), f"per_row error {row_err.max():.3e}, scale {scale.min():.3e}"
+    assert abs(loss.item() - ref_loss.item()) <= row_rtol * scale.mean().item()
+    assert loss.item() == pytest.approx(per_row.mean().item(), rel=1e-12, abs=1e-12)
+    student = problem[2]
+    absent = torch.isneginf(student[3])
+    for name, grad, ref_grad, leaf in zip(STUDENT, grads, ref_grads, student):
+        assert grad.dtype == leaf.dtype and torch.isfinite(grad).all(), name
+        err = (grad.double() - ref_grad).abs().max().item()
+        bound = grad_rtol * ref_grad.abs().max().item()
+        assert err <= bound + 1e-13, f"student d/d{name}: max error {err:.3e} > {bound:.3e}"
+        assert (grad[absent] == 0).all(), f"student d/d{name} is not exactly 0 for absent components"
+
+
+SHAPES = [(1, 1, 1, 1), (3, 5, 3, 7), (2, 28, 7, 13), (4, 6, 5, 33)]  # (B, P, K, D)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-P{}-K{}-D{}".format(*s))
+def test_loss_rows_and_student_gradients_match_reference(gen, device, shape, dtype):
+    problem = random_problem(gen, *shape, dtype=dtype, device=device)
+    row_grad = torch.randn(shape[0], generator=gen).to(device)
+    check_against_reference(problem, row_grad, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reduced_precision_inputs(gen, device, dtype):
+    problem = random_problem(gen, 3, 5, 3, 6, dtype=dtype, device=device)
+    check_against_reference(problem, torch.randn(3, generator=gen).to(device), dtype)
+
+
+def small_tiles(tiles):
+    module = triton_ops(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return lambda *xs: module.consistency_distillation_triton(*xs, tiles=tiles)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_several_point_tiles_and_packed_rows(gen, device, dtype):
+    problem = random_problem(gen, 3, 11, 3, 7, dtype=dtype, device=device)
+    row_grad = torch.randn(3, generator=gen).to(device)
+    # [1 row, 4 points] tiles: 3 point tiles per row; then 3 rows packed into a 4-row tile
+    for tiles in (TileConfig(point_tile=32, pack_tile=32), TileConfig(point_tile=32, pack_tile=128)):
+        check_against_reference(problem, row_grad, dtype, run=small_tiles(tiles))
+
+
+def test_only_the_student_receives_gradients(gen, device):
+    z, teacher, student, omega, w = random_problem(gen, 2, 4, 3, 5, device=device)
+    leaves = [t.clone().requires_grad_() for t in (z, *teacher, *student, omega, w)]
+    z, teacher, student, omega, w = leaves[0], leaves[1:5], leaves[5:9], leaves[9], leaves[10]
+    loss, _ = ops.consistency_distillation(z, teacher, student, omega, w, backend="triton")
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    assert all(g is None for g in grads[:5] + grads[9:]), "teacher, z, omega or w got a gradient"
+    assert all(g is not None for g in grads[5:9])
+
+
+def test_bitwise_deterministic(gen, device):
+    problem = random_problem(gen, 4, 9, 3, 7, device=device)
+    row_grad = torch.randn(4, generator=gen).to(device)
+    run = small_tiles(TileConfig(point_tile=32, pack_tile=64))
+    first, _ = run_and_reference(problem, row_grad, run)
+    second, _ = run_and_reference(problem, row_grad, run)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    assert all(torch.equal(a, b) for a, b in zip(first[2], second[2]))
+
+
+def test_every_output_element_is_written(gen, device, monkeypatch):
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def poisoned(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: poisoned(real_empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poisoned(real_empty_like(*a, **k)))
+    problem = random_problem(gen, 3, 7, 3, 5, device=device)
+    for tiles in (None, TileConfig(point_tile=32, pack_tile=64)):
+        (loss, per_row, grads), _ = run_and_reference(problem, torch.ones(3, device=device), small_tiles(tiles))
+        assert torch.isfinite(per_row).all() and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_student_row_with_every_component_absent_raises_before_launch(gen, device, monkeypatch):
+    import casd.kernels.consistency_distillation as module
+
+    class NoLaunch:
+        def __getitem__(self, grid):
+            raise AssertionError("a kernel was launched")
+
+    monkeypatch.setattr(module, "_consistency_forward_kernel", NoLaunch())
+    z, teacher, student, omega, w = random_problem(gen, 2, 3, 3, 4, device=device)
+    student[3][1] = float("-inf")
+    with pytest.raises(ValueError, match="student log_pi has a row where every component is absent"):
+        ops.consistency_distillation(z, teacher, student, omega, w, backend="triton")
+
+
+def test_launcher_rejects_mixed_devices_and_bad_dtypes(gen, device):
+    module = triton_ops(device)
+    z, teacher, student, omega, w = random_problem(gen, 2, 3, 2, 4, device=device)
+    with pytest.raises(TypeError, match="w has dtype torch.int64"):
+        module.consistency_distillation_triton(z, teacher, student, omega, w.long())
+    with pytest.raises(ValueError, match="all inputs must be on one device"):
+        module.consistency_distillation_triton(z, teacher, student, omega.to("meta"), w)

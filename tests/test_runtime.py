@@ -1,0 +1,76 @@
+"""kernels/runtime.py: where the Triton kernels run, and the errors when they cannot."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from casd.kernels import BackendUnavailableError, interpreter_enabled, ops, triton_available
+from casd.kernels.runtime import triton_ops
+
+LAUNCHERS = (
+    "mixture_logpdf_triton",
+    "student_t_rsample_triton",
+    "student_t_rsample_with_noise_triton",
+    "consistency_distillation_triton",
+)
+
+
+def test_the_kernel_module_exposes_the_four_launchers(device):
+    assert triton_available()
+    module = triton_ops(device)
+    for name in LAUNCHERS:
+        assert callable(getattr(module, name)), name
+    assert triton_ops(device) is module  # imported once per process
+
+
+def test_mode_follows_the_device(device):
+    assert interpreter_enabled() == (device.type == "cpu")
+
+
+def test_unsupported_device_type_is_refused():
+    with pytest.raises(BackendUnavailableError, match="runs on CUDA or"):
+        triton_ops(torch.device("meta"))
+
+
+def test_the_other_device_type_is_refused_once_a_mode_is_loaded(device):
+    triton_ops(device)
+    other = torch.device("cpu") if device.type == "cuda" else torch.device("cuda")
+    expected = "compiled for CUDA" if device.type == "cuda" else "loaded in interpreter mode"
+    with pytest.raises(BackendUnavailableError, match=expected):
+        triton_ops(other)
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="unknown backend 'cuda'"):
+        ops.mixture_logpdf(*[torch.zeros(1, 1, 1)] * 3, torch.ones(1, 1), torch.zeros(1, 1), backend="cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter fallback is for CPU-only machines")
+def test_cpu_tensors_switch_a_fresh_process_to_the_interpreter_with_a_warning():
+    """Without TRITON_INTERPRET, CPU tensors still run (interpreted) and say so once."""
+    script = textwrap.dedent(
+        """
+        import warnings
+        import torch
+        from casd.kernels import ops
+        gen = torch.Generator().manual_seed(0)
+        z, mu = torch.randn(2, 3, 4, generator=gen), torch.randn(2, 2, 4, generator=gen)
+        log_sigma, nu = 0.1 * torch.randn(2, 2, 4, generator=gen), torch.full((2, 2), 4.0)
+        log_pi = torch.log_softmax(torch.randn(2, 2, generator=gen), -1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fused = ops.mixture_logpdf(z, mu, log_sigma, nu, log_pi, backend="triton")
+        reference = ops.mixture_logpdf(z, mu, log_sigma, nu, log_pi, backend="torch")
+        torch.testing.assert_close(fused, reference)
+        assert any("interpreter" in str(w.message) for w in caught), caught
+        print("ok")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
