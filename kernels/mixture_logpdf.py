@@ -5,9 +5,11 @@
 
 The host computes the O(B*K) coefficients L_k in float64 with PyTorch (lgamma has no
 Triton op), so their gradients (digamma and friends) come from autograd. The kernels do
-the O(B*P*K*D) work: one program holds a [BLOCK_P, BLOCK_D] tile of points of one row in
-registers and loops over the K components, so z is read once and nothing of size
-B*P*K*D exists anywhere. The forward keeps an online logsumexp over components; the
+the O(B*P*K*D) work: one program holds a [BLOCK_R, BLOCK_P, BLOCK_D] register tile of
+points (BLOCK_R rows, all of D; see ``launch.point_tile``) and loops over the K
+components, so z is read once and nothing of size B*P*K*D exists anywhere. On a GPU
+BLOCK_R is 1 unless rows are short; in the interpreter one program takes many rows,
+because there the cost is per interpreted op. The forward keeps an online logsumexp over components; the
 backward recomputes each component's responsibility r_k = exp(L_k + log_kernel_k - log p)
 from the saved [B, P] result and returns, per SPEC §5.1 with a_k = (nu_k + D)/(nu_k + m_k):
 
