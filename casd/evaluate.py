@@ -96,7 +96,7 @@ def summarise(results: list[ConditionResult]) -> dict:
     if modality:
         names = list(modality[0].metrics)
         summary["modality"] = {
-            "combinations": {r.condition.name: r.metrics for r in modality},
+            "combinations": {r.condition.combination: r.metrics for r in modality},
             "mean": {name: float(np.mean([r.metrics[name] for r in modality])) for name in names},
         }
     return summary

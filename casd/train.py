@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="classification reads `classification_labels` (IEMOCAP-style)")
     data.add_argument("--synthetic-seed", type=int, default=SyntheticConfig.seed,
                       help="seed of the embedded synthetic data set")
+    data.add_argument("--synthetic-samples", type=int, nargs=3, metavar=("TRAIN", "VALID", "TEST"),
+                      default=(SyntheticConfig.num_train, SyntheticConfig.num_valid, SyntheticConfig.num_test),
+                      help="split sizes of the synthetic data set")
     model = p.add_argument_group("model")
     model.add_argument("--hidden", type=int, default=ModelConfig.hidden)
     model.add_argument("--embed-dim", type=int, default=ModelConfig.embed_dim, help="D of the embeddings")
@@ -76,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="max frame-drop rate / modality-drop probability in training")
     train.add_argument("--eval-seed", type=int, default=1111, help="base seed of the evaluation masks")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    train.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     train.add_argument("--out", type=Path, help="output directory (default: runs/<timestamp>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     train.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
@@ -93,7 +97,8 @@ def setup_logging(out_dir: Path) -> None:
 
 def load_splits(args: argparse.Namespace) -> tuple[dict[str, Split], str]:
     if args.data is None:
-        config = SyntheticConfig(seed=args.synthetic_seed)
+        n_train, n_valid, n_test = args.synthetic_samples
+        config = SyntheticConfig(seed=args.synthetic_seed, num_train=n_train, num_valid=n_valid, num_test=n_test)
         raw = generate_synthetic(config)
         return {s: split_from_mmsa(raw[s], args.task) for s in SPLITS}, f"synthetic(seed={config.seed})"
     return load_mmsa(args.data, args.task), str(args.data)
@@ -131,6 +136,8 @@ def run(args: argparse.Namespace) -> dict:
     """Train, select on validation, evaluate on test; write everything under args.out."""
     started = time.perf_counter()
     device = resolve_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     backend = "triton" if args.fused else "torch"
     if args.fused:
         triton_ops(device)  # fail now, with a clear message, rather than after data loading
