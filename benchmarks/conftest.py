@@ -9,6 +9,8 @@ plain ``pytest``). Options (see ``pytest --help``, section "casd benchmarks"):
     --bench-e2e-budget SECONDS             timed steps per end-to-end case
     --bench-profile-dir DIR                write torch.profiler traces (or CASD_PROFILE_DIR=DIR)
     --bench-threads N                      CPU threads for PyTorch (a busy CPU: try 1)
+    --bench-interpret                      no GPU: run the fused provider through Triton's
+                                           interpreter (plumbing check with --bench-sweep smoke)
 """
 from __future__ import annotations
 
@@ -50,6 +52,10 @@ def pytest_addoption(parser):
     group.addoption("--bench-profile-dir", default=os.environ.get("CASD_PROFILE_DIR"),
                     help="write a torch.profiler chrome trace of a few training steps per "
                          "end-to-end case into this folder (default: $CASD_PROFILE_DIR; off if unset)")
+    group.addoption("--bench-interpret", action="store_true", default=False,
+                    help="without a GPU, run the fused kernels through Triton's CPU interpreter "
+                         "instead of skipping them: a check of the benchmark plumbing (use "
+                         "--bench-sweep smoke), not a measurement")
     group.addoption("--bench-threads", type=int, default=None,
                     help="torch.set_num_threads for the session (default: PyTorch's choice). On a "
                          "shared, busy CPU, 1 avoids thread-pool stalls that swamp small ops")
@@ -68,6 +74,8 @@ def _dtypes(config) -> list[str]:
 
 
 def pytest_configure(config):
+    # Raised inside torch.compile's own imports on recent PyTorch; nothing the suite can act on.
+    config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
     threads = config.getoption("--bench-threads")
     if threads is not None:
         if threads < 1:
@@ -98,11 +106,13 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("e2e_case", e2e_cases, ids=[c.id for c in e2e_cases])
 
 
-def _triton_unavailable_reason() -> str | None:
-    """None when the fused kernels can run compiled on this machine, else why not."""
-    if DEVICE.type != "cuda":
+def _triton_unavailable_reason(interpret: bool) -> str | None:
+    """None when the fused kernels can run here (compiled on CUDA, or interpreted on request),
+    else why not."""
+    if DEVICE.type != "cuda" and not interpret:
         return ("no CUDA GPU: the fused kernels are timed only compiled on CUDA (Triton's CPU "
-                "interpreter is a correctness tool, orders of magnitude too slow to time)")
+                "interpreter is a correctness tool, orders of magnitude too slow to time; "
+                "--bench-interpret runs it anyway to check the plumbing)")
     from casd.kernels import runtime
 
     try:
@@ -121,6 +131,7 @@ class BenchEnv:
     budget_s: float
     e2e_budget_s: float
     profile_dir: str | None
+    interpret: bool  # the fused kernels run through Triton's CPU interpreter (plumbing check)
     copy_gbps: float
     cache_bytes: int
     triton_reason: str | None
@@ -150,6 +161,7 @@ class BenchEnv:
 def bench_env(request) -> BenchEnv:
     config = request.config
     on_gpu = DEVICE.type == "cuda"
+    interpret = not on_gpu and config.getoption("--bench-interpret")
     nvml = NvmlReader(DEVICE)
     env = BenchEnv(
         device=DEVICE,
@@ -157,9 +169,10 @@ def bench_env(request) -> BenchEnv:
         budget_s=config.getoption("--bench-budget") or (0.5 if on_gpu else 0.2),
         e2e_budget_s=config.getoption("--bench-e2e-budget") or (3.0 if on_gpu else 2.0),
         profile_dir=config.getoption("--bench-profile-dir"),
+        interpret=interpret,
         copy_gbps=copy_bandwidth_gbps(DEVICE),
         cache_bytes=cache_bytes(DEVICE),
-        triton_reason=_triton_unavailable_reason(),
+        triton_reason=_triton_unavailable_reason(interpret),
         nvml=nvml,
     )
     env.info = {
@@ -174,6 +187,7 @@ def bench_env(request) -> BenchEnv:
         "cpu_count": os.cpu_count(),
         "load_avg_1min_at_start": _load_average(),
         "triton_unavailable": env.triton_reason,
+        "triton_mode": "interpreter" if interpret else "compiled",
         "nvml_unavailable": None if nvml.available else nvml.reason,
         **nvml.static_info(),
     }
@@ -208,7 +222,10 @@ def pytest_report_header(config):
         f"casd benchmarks: device={DEVICE}, sweep={_sweep(config)}, dtypes={_dtypes(config)}, "
         f"casd.kernels from {KERNELS_DIR}",
     ]
-    if DEVICE.type != "cuda":
+    if DEVICE.type != "cuda" and config.getoption("--bench-interpret"):
+        lines.append("casd benchmarks: no CUDA GPU, --bench-interpret: the fused kernels run through "
+                     "Triton's interpreter (a plumbing check: their times mean nothing); bf16 skipped")
+    elif DEVICE.type != "cuda":
         lines.append("casd benchmarks: no CUDA GPU -> the triton provider, bf16 and the fused "
                      "end-to-end step are skipped (reasons listed at the end)")
     load = _load_average()

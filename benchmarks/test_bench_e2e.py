@@ -78,7 +78,7 @@ class TrainStep:
 def _skip_reason(case: E2ECase, env) -> str | None:
     if case.provider != "fused":
         return None
-    if env.device.type != "cuda":
+    if env.device.type != "cuda" and not env.interpret:
         return ("fused end-to-end step needs a GPU: on the CPU the kernels run through Triton's "
                 "interpreter, far too slow for a meaningful step time")
     return env.triton_reason
@@ -125,6 +125,7 @@ def test_train_step(benchmark, e2e_case: E2ECase, bench_env):
         rows_per_step=2 * case.config.batch,
         device=str(device),
         autocast="bf16" if device.type == "cuda" else "off",
+        triton_mode="interpreter" if env.interpret else "compiled",
         first_step_s=first_step_s,
         steps_per_s=1.0 / median_s,
         samples_per_s=case.config.batch / median_s,

@@ -213,7 +213,7 @@ def test_op(benchmark, op_case: OpCase, bench_env):
             raise
         pytest.skip(f"torch.compile failed here: {type(exc).__name__}: {str(exc)[:200]}")
     first_call_s = time.perf_counter() - started
-    for i in range(1, n_sets + 2):  # warm-up: every set once (cotangents), the allocator settled
+    for i in range(1, n_sets + 1):  # warm-up: every set once (cotangents), the allocator settled
         runner(i)
     synchronize(device)
 
@@ -226,7 +226,7 @@ def test_op(benchmark, op_case: OpCase, bench_env):
 
     probe_ms = _probe_ms(one_call)
     benchmark.group = case.group
-    benchmark.pedantic(one_call, rounds=rounds_for(env.budget_s, probe_ms), warmup_rounds=1)
+    benchmark.pedantic(one_call, rounds=rounds_for(env.budget_s, probe_ms))
     wall_median_ms = benchmark.stats.stats.median * 1e3
 
     # Device time (GPU: CUDA events over back-to-back calls; CPU: the wall time above).
@@ -251,6 +251,7 @@ def test_op(benchmark, op_case: OpCase, bench_env):
         dtype=case.dtype,
         **case.shape.as_dict(),
         device=str(device),
+        triton_mode="interpreter" if env.interpret else "compiled",
         input_sets=n_sets,
         first_call_s=first_call_s,
         compile_s=max(0.0, first_call_s - wall_median_ms * 1e-3) if case.provider != "eager" else None,
@@ -267,7 +268,7 @@ def test_op(benchmark, op_case: OpCase, bench_env):
     )
 
 
-def _probe_ms(one_call: Callable[[], None], calls: int = 3) -> float:
+def _probe_ms(one_call: Callable[[], None], calls: int = 1) -> float:
     started = time.perf_counter()
     for _ in range(calls):
         one_call()
