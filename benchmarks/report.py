@@ -210,6 +210,12 @@ def targets_table(records: list[dict], runs: list[dict], targets: Targets, timin
 
 # --- the whole page ----------------------------------------------------------------------------
 
+def _triton_status(run: dict) -> str:
+    if run.get("triton_unavailable"):
+        return "triton unavailable: " + run["triton_unavailable"].split(":")[0]
+    return f"triton {run.get('triton_mode', 'compiled')}"
+
+
 def run_lines(runs: list[dict]) -> list[str]:
     lines = ["", "## Runs", ""]
     rows = []
@@ -218,9 +224,11 @@ def run_lines(runs: list[dict]) -> list[str]:
             Path(run["file"]).name, str(run.get("datetime", "?"))[:19], str(run.get("device", "?")),
             f"torch {run.get('torch', '?')}, triton {run.get('triton', '?')}",
             _fmt(run.get("copy_gbps"), ".0f", " GB/s"), str(run.get("sweep", "?")),
-            run.get("triton_unavailable") or f"available ({run.get('triton_mode', 'compiled')})",
+            _fmt(run.get("inductor_startup_s"), ".1f"),
+            _triton_status(run),
         ])
-    return lines + _table(["file", "date (UTC)", "device", "versions", "copy bandwidth", "sweep", "triton"], rows)
+    return lines + _table(["file", "date (UTC)", "device", "versions", "copy bandwidth", "sweep",
+                                "Inductor start-up s", "triton"], rows)
 
 
 def render_markdown(records: list[dict], runs: list[dict], timing: str, targets: Targets = Targets(),
@@ -239,7 +247,7 @@ def render_markdown(records: list[dict], runs: list[dict], timing: str, targets:
     return "\n".join(lines) + "\n"
 
 
-def plot_speedups(records: list[dict], path: Path, timing: str) -> bool:
+def plot_speedups(records: list[dict], path: Path, timing: str, title: str = "") -> bool:
     """Bar chart per op: speed-up over eager of torch.compile and of the fused kernels (log scale)."""
     import matplotlib
 
@@ -261,10 +269,11 @@ def plot_speedups(records: list[dict], path: Path, timing: str) -> bool:
                 p = groups[key]
                 eager = _time_ms(p["eager"], timing) if "eager" in p else None
                 mine = _time_ms(p[provider], timing) if provider in p else None
-                values.append(_ratio(eager, mine) or 0.0)
-            if any(values):
-                ax.bar([i + offset for i in range(len(keys))], values, width=0.4, label=f"{provider} vs eager",
-                       color=colour)
+                values.append(_ratio(eager, mine))
+            if any(v is not None for v in values):
+                bars = ax.bar([i + offset for i in range(len(keys))], [math.nan if v is None else v for v in values],
+                              width=0.4, label=f"{provider} vs eager", color=colour)
+                ax.bar_label(bars, labels=["" if v is None else f"{v:.3g}x" for v in values], fontsize=7)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
         ax.set_xticks(range(len(keys)))
@@ -272,6 +281,8 @@ def plot_speedups(records: list[dict], path: Path, timing: str) -> bool:
         ax.set_ylabel("speed-up over eager")
         ax.set_title(op)
         ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -298,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     full = render_markdown(records, runs, args.timing)
     (out / "summary.md").write_text(full)
-    plotted = plot_speedups(records, out / "speedups.png", args.timing)
+    devices = sorted({f"{run.get('device', '?')}, {_triton_status(run)}" for run in runs})
+    plotted = plot_speedups(records, out / "speedups.png", args.timing,
+                            title=f"{'; '.join(devices)} ({args.timing} time)")
     print(render_markdown(records, runs, args.timing, short=True) if args.short else full)
     print(f"wrote {out / 'summary.md'}" + (f" and {out / 'speedups.png'}" if plotted else ""))
     return 0

@@ -44,6 +44,7 @@ from benchmarks.measure import (
 )
 
 RSAMPLE_SEED = 1234
+DEVICE_TIMING_REPEATS = 3  # CUDA-event measurements per case; their median is device_ms
 
 
 # --- inputs --------------------------------------------------------------------------------
@@ -193,9 +194,12 @@ def test_op(benchmark, op_case: OpCase, bench_env):
     backward = case.mode == "fwd+bwd"
     dtype = DTYPES[case.dtype]
 
-    first = make_inputs(case.op, case.shape, dtype, device, seed=0, backward=backward)
-    n_sets = env.input_sets(first.nbytes)
-    sets = [first] + [make_inputs(case.op, case.shape, dtype, device, s, backward) for s in range(1, n_sets)]
+    try:
+        first = make_inputs(case.op, case.shape, dtype, device, seed=0, backward=backward)
+        n_sets = env.input_sets(first.nbytes)
+        sets = [first] + [make_inputs(case.op, case.shape, dtype, device, s, backward) for s in range(1, n_sets)]
+    except torch.cuda.OutOfMemoryError:
+        pytest.skip(f"out of GPU memory building the inputs of {case.shape.id} {case.dtype}")
     if case.provider == "compile":
         env.compile_startup()
     runner = OpRunner(provider_fn(case, device), sets, backward)
@@ -207,7 +211,7 @@ def test_op(benchmark, op_case: OpCase, bench_env):
         runner(0)
         synchronize(device)
     except torch.cuda.OutOfMemoryError:
-        pytest.skip(f"out of GPU memory at {case.shape.id} {case.dtype}")
+        pytest.skip(f"out of GPU memory running {case.provider} at {case.shape.id} {case.dtype}")
     except Exception as exc:
         if case.provider != "compile":
             raise
@@ -234,7 +238,7 @@ def test_op(benchmark, op_case: OpCase, bench_env):
     window_start = time.perf_counter()
     if device.type == "cuda":
         calls = rounds_for(env.budget_s / 2, wall_median_ms, minimum=3)
-        device_ms = cuda_event_ms(runner, calls)
+        device_ms = cuda_event_ms(runner, calls, DEVICE_TIMING_REPEATS)
     else:
         calls, device_ms = 0, wall_median_ms
     window_s = time.perf_counter() - window_start
@@ -264,7 +268,7 @@ def test_op(benchmark, op_case: OpCase, bench_env):
         bandwidth_fraction=achieved_gbps / env.copy_gbps,
         peak_extra_bytes=peak,
         **nvml_after,
-        **_energy_per_call(nvml_before, nvml_after, calls * 3, window_s),
+        **_energy_per_call(nvml_before, nvml_after, calls * DEVICE_TIMING_REPEATS, window_s),
     )
 
 
