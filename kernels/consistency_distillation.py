@@ -26,11 +26,12 @@ from .launch import (
     TileConfig,
     check_launch_inputs,
     default_tiles,
-    num_warps_for,
+    launch_options,
     point_tile,
     use_fp64,
 )
 from .mixture_logpdf import (
+    VALUES_PER_THREAD,
     _load_point_tile,
     _mixture_logpdf_tile,
     launch_mixture_backward,
@@ -133,7 +134,8 @@ class ConsistencyDistillationFunction(torch.autograd.Function):
             BLOCK_R=block_r,
             BLOCK_P=block_p,
             BLOCK_D=block_d,
-            num_warps=num_warps_for(block_r * block_p * block_d, tiles),
+            # two mixtures per tile: 79 registers at P = 28, D = 128, 8 warps (sm_90)
+            **launch_options(block_r * block_p * block_d, VALUES_PER_THREAD),
         )
         per_row = partial[0] if num_tiles == 1 else partial.sum(0)
         ctx.save_for_backward(z, s_mu, s_log_sigma, s_nu, s_log_coef, omega, w, log_p_student)

@@ -24,7 +24,7 @@ __all__ = [
     "default_tiles",
     "point_tile",
     "row_tile",
-    "num_warps_for",
+    "launch_options",
     "use_fp64",
     "check_launch_inputs",
 ]
@@ -44,24 +44,20 @@ class TileConfig:
     pack_tile: several rows share one program while the whole tile stays within this
         many elements (short rows, e.g. P = 1, would otherwise leave lanes idle).
     max_block_d: largest supported ``next_power_of_2(D)``; larger D raises before launch.
-    values_per_thread: tile elements one GPU thread should hold (sets num_warps).
     """
 
     point_tile: int
     pack_tile: int
     max_block_d: int = 16384
-    values_per_thread: int = 32
 
     def __post_init__(self) -> None:
-        if min(self.point_tile, self.pack_tile, self.max_block_d, self.values_per_thread) < 1:
+        if min(self.point_tile, self.pack_tile, self.max_block_d) < 1:
             raise ValueError(f"TileConfig fields must be positive, got {self}")
 
 
-# GPU: 8192 fp32 values over 8 warps is 32 registers per thread per live tile; the
-# mixture backward keeps about four tiles live (z, the scaled residual, its product,
-# dz) and gets twice the warps, which fits H100 registers at D = 256 without spilling.
-# Rows are packed only up to 2048 elements: at B = 4096 one row per program already
-# gives thousands of programs, and more programs hide memory latency better.
+# GPU: a row's [BLOCK_P, BLOCK_D] tile holds up to 8192 values (P = 28 -> 32 points at
+# D = 256); rows are packed only up to 2048 values, because at B = 4096 one row per
+# program already gives thousands of programs, and more programs hide memory latency.
 GPU_TILES = TileConfig(point_tile=8192, pack_tile=2048)
 # The interpreter runs each program's tl ops as numpy calls: few large programs are fastest.
 INTERPRETER_TILES = TileConfig(point_tile=1 << 16, pack_tile=1 << 16)
@@ -96,10 +92,19 @@ def row_tile(rows: int, dim: int, tiles: TileConfig) -> tuple[int, int]:
     return block_r, block_d
 
 
-def num_warps_for(tile_elements: int, tiles: TileConfig) -> int:
-    """Warps so that each thread holds about ``values_per_thread`` tile elements (1..16)."""
-    warps = triton.next_power_of_2(max(1, tile_elements // (32 * tiles.values_per_thread)))
-    return min(16, warps)
+def launch_options(tile_elements: int, values_per_thread: int, *, two_programs_per_sm: bool = False) -> dict:
+    """num_warps (1..16) so that each thread holds about ``values_per_thread`` tile elements.
+
+    With ``two_programs_per_sm`` the registers are capped (``maxnreg``) so that two
+    programs fit the 64K registers of an SM, but only where the cap stays >= 96: below
+    that ptxas spills heavily. Interpreted runs ignore both options.
+    """
+    warps = min(16, triton.next_power_of_2(max(1, tile_elements // (32 * values_per_thread))))
+    options = {"num_warps": warps}
+    cap = 65536 // (2 * 32 * warps)
+    if two_programs_per_sm and 96 <= cap < 255:
+        options["maxnreg"] = cap
+    return options
 
 
 def use_fp64(*tensors: torch.Tensor) -> bool:

@@ -44,12 +44,18 @@ from .launch import (
     TileConfig,
     check_launch_inputs,
     default_tiles,
-    num_warps_for,
+    launch_options,
     point_tile,
     use_fp64,
 )
 
 __all__ = ["mixture_logpdf_triton", "mixture_log_coefficients", "launch_mixture_backward"]
+
+# fp32 tile elements per GPU thread. Measured by compiling for sm_90 (Triton 3.9, ptxas)
+# at P = 28, D = 128: the forward needs 52 registers at 8 warps (four programs per SM),
+# the backward 147, or 126 without spilling when capped for two programs per SM;
+# at 4 warps (32 values per thread) the forward already needs 80.
+VALUES_PER_THREAD = 16
 
 
 # ----------------------------------------------------------------------------------------
@@ -357,8 +363,7 @@ def launch_mixture_backward(
         BLOCK_P=block_p,
         BLOCK_D=block_d,
         NEEDS_GRAD_Z=needs_grad_z,
-        # about four live tiles (z, scaled residual, its product, dz): twice the warps
-        num_warps=num_warps_for(2 * block_r * block_p * block_d, tiles),
+        **launch_options(block_r * block_p * block_d, VALUES_PER_THREAD, two_programs_per_sm=True),
     )
     grads = []
     for buffer, like in ((grad_mu, mu), (grad_log_sigma, log_sigma), (grad_nu, nu), (grad_log_coef, log_coef)):
@@ -395,7 +400,7 @@ class MixtureLogPdfFunction(torch.autograd.Function):
             BLOCK_R=block_r,
             BLOCK_P=block_p,
             BLOCK_D=block_d,
-            num_warps=num_warps_for(block_r * block_p * block_d, tiles),
+            **launch_options(block_r * block_p * block_d, VALUES_PER_THREAD),
         )
         ctx.save_for_backward(z, mu, log_sigma, nu, log_coef, log_p)
         ctx.fp64, ctx.tiles = fp64, tiles

@@ -29,7 +29,7 @@ from .launch import (
     TileConfig,
     check_launch_inputs,
     default_tiles,
-    num_warps_for,
+    launch_options,
     row_tile,
     use_fp64,
 )
@@ -37,6 +37,11 @@ from .launch import (
 __all__ = ["student_t_rsample_triton", "student_t_rsample_with_noise_triton"]
 
 SAMPLES_PER_COUNTER = 4  # tl.randn4x: four normals per Philox counter
+# Elements of the [BLOCK_C, BLOCK_D] tile per GPU thread. Each element carries four
+# Philox outputs and their Box-Muller transforms: compiled for sm_90 (Triton 3.9, ptxas)
+# at D = 128, 4 per thread (16 warps) needs 78 registers forward and 96 backward without
+# spills; 8 per thread needs 124 / 128 and the backward spills.
+VALUES_PER_THREAD = 4
 
 
 @triton.jit
@@ -185,8 +190,7 @@ def _launch_config(mu: torch.Tensor, samples: int, tiles: TileConfig) -> dict:
         rows=rows,
         block_c=block_c,
         block_d=block_d,
-        # two live tiles (mu, sigma) plus four noise tiles
-        num_warps=num_warps_for(4 * block_c * block_d, tiles),
+        options=launch_options(block_c * block_d, VALUES_PER_THREAD),
     )
 
 
@@ -223,7 +227,7 @@ class StudentTRSampleFunction(torch.autograd.Function):
             BLOCK_C=cfg["block_c"],
             BLOCK_D=cfg["block_d"],
             HAS_NOISE=has_noise,
-            num_warps=cfg["num_warps"],
+            **cfg["options"],
         )
         # mu is not needed: d/dmu = sum_s g. eps is saved only on the test path.
         ctx.save_for_backward(log_sigma, w, *([eps] if has_noise else []))
@@ -257,7 +261,7 @@ class StudentTRSampleFunction(torch.autograd.Function):
             BLOCK_C=cfg["block_c"],
             BLOCK_D=cfg["block_d"],
             HAS_NOISE=ctx.has_noise,
-            num_warps=cfg["num_warps"],
+            **cfg["options"],
         )
         return grad_mu, grad_log_sigma, grad_w, None, None, None
 
