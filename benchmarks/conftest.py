@@ -140,7 +140,7 @@ class BenchEnv:
     info: dict = field(default_factory=dict)
 
     def input_sets(self, set_bytes: int, limit: int = 8) -> int:
-        """How many input sets to rotate through so repeated calls cannot run out of the cache."""
+        """How many input sets to rotate through so that repeated calls cannot be served from cache."""
         if self.cache_bytes == 0 or set_bytes == 0:
             return 1
         return max(1, min(limit, -(-2 * self.cache_bytes // set_bytes)))

@@ -26,6 +26,7 @@ __all__ = [
     "cache_bytes",
     "NvmlReader",
     "rounds_for",
+    "median_ms",
 ]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -274,3 +275,9 @@ def rounds_for(budget_s: float, per_call_ms: float, minimum: int = 5, maximum: i
     if per_call_ms <= 0 or math.isnan(per_call_ms):
         return minimum
     return max(minimum, min(maximum, int(budget_s * 1e3 / per_call_ms)))
+
+
+def median_ms(benchmark, fallback_ms: float) -> float:
+    """pytest-benchmark's median in ms; ``fallback_ms`` under --benchmark-disable (no stats)."""
+    stats = getattr(benchmark, "stats", None)
+    return stats.stats.median * 1e3 if stats else fallback_ms
