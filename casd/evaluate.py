@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from casd.data import EvalCondition, Split, apply_condition, batch_to, make_loader
+from casd.distributed import DistContext
 from casd.metrics import compute_metrics, sweep_summary
 from casd.model import CASDModel
 
@@ -55,6 +56,12 @@ def predict_split(
     return {key: np.concatenate(value) for key, value in chunks.items()}
 
 
+def _predict_rows(model, split: Split, present: np.ndarray, rows: slice, device, batch_size, amp_dtype):
+    if rows.stop == rows.start:  # more ranks than rows: an empty shard
+        return {}
+    return predict_split(model, split.subset(rows), present[rows], device, batch_size, amp_dtype)
+
+
 def evaluate_conditions(
     model: CASDModel,
     split: Split,
@@ -65,12 +72,22 @@ def evaluate_conditions(
     batch_size: int = 256,
     amp_dtype: torch.dtype | None = None,
     progress=None,
+    context: DistContext = DistContext(),
 ) -> list[ConditionResult]:
-    """Evaluate the model on ``split`` under each condition (fixed seeds: repeatable)."""
+    """Evaluate the model on ``split`` under each condition (fixed seeds: repeatable).
+
+    Under several processes (``context``) each rank predicts its shard of rows and the
+    predictions are gathered, so every rank returns the same, complete results.
+    """
     results = []
     for condition in conditions:
-        degraded, present = apply_condition(split, condition)
-        predicted = predict_split(model, degraded, present, device, batch_size, amp_dtype)
+        degraded, present = apply_condition(split, condition)  # whole split: masks as in 1 process
+        if context.enabled:
+            rows = context.shard(split.num_samples)
+            shard = _predict_rows(model, degraded, present, rows, device, batch_size, amp_dtype)
+            predicted = context.gather_arrays(shard)
+        else:
+            predicted = predict_split(model, degraded, present, device, batch_size, amp_dtype)
         metrics = compute_metrics(predicted["output"], split.labels, dataset, task)
         results.append(ConditionResult(condition, metrics, labels=split.labels, **predicted))
         if progress is not None:

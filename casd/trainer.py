@@ -1,8 +1,13 @@
 """Mixed-precision training loop with validation-only model selection and crash-safe checkpoints.
 
 Reproducibility: every random stream of an epoch (shuffling, training missingness, dropout,
-sampling noise) is seeded from (seed, epoch) at the start of that epoch, so a run resumed from
-the checkpoint of epoch e continues exactly as the uninterrupted run would have.
+sampling noise) is seeded from (seed, epoch) at the start of that epoch, and the checkpoint of
+epoch e holds everything else that evolves (weights, AdamW moments, the LR schedule, the
+GradScaler, best score and early-stopping counters), so a run resumed from it continues exactly
+as the uninterrupted run would have (tests/test_resume.py kills a run and checks this bitwise).
+
+Several processes (torchrun): see ``casd.distributed`` for what is kept identical to a
+single-process run at the same global batch.
 """
 from __future__ import annotations
 
@@ -15,19 +20,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from casd.data import EvalCondition, Split, TrainingMissingness, batch_to, make_loader
+from casd.baseline import model_kind
+from casd.data import EvalCondition, Split, SplitDataset, TrainingMissingness, batch_to, make_loader
+from casd.distributed import DistContext, GlobalBatchDistillation, RowKeyedSampler, loss_scale, row_keys
 from casd.evaluate import autocast_context, evaluate_conditions
+from casd.layers import ConsistencyDistillationLoss, StudentTSampler
 from casd.metrics import higher_is_better
-from casd.model import CASDModel
-from casd.objective import CASDObjective
+from casd.objective import LossBreakdown
 
-__all__ = ["TrainConfig", "Trainer", "resolve_amp", "resolve_device", "atomic_save"]
+__all__ = ["TrainConfig", "Trainer", "TrainStep", "resolve_amp", "resolve_device", "atomic_save"]
 
 log = logging.getLogger("casd")
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
+NOISE_KEYING = ("sample", "batch")
+# TrainConfig fields that do not change the training trajectory (free to differ on --resume).
+RESUME_FREE_FIELDS = ("progress", "eval_batch_size", "max_bad_steps")
 
 
 @dataclass
@@ -46,6 +58,10 @@ class TrainConfig:
     eval_batch_size: int = 256
     max_bad_steps: int = 20  # non-finite losses tolerated (skipped) before the run is aborted
     progress: bool = True
+    # Reparameterisation noise: "sample" keys each sample's draws by (epoch seed, view, sample
+    # index), the same for any batch composition or number of processes; "batch" draws one seed
+    # per step (per rank under torchrun) and lets --fused generate the noise inside the kernel.
+    noise: str = "sample"
 
     def __post_init__(self) -> None:
         if self.amp not in ("auto", *AMP_DTYPES):
@@ -57,6 +73,8 @@ class TrainConfig:
             raise ValueError(f"missing_rate must be in [0, 1], got {self.missing_rate}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.noise not in NOISE_KEYING:
+            raise ValueError(f"noise must be one of {NOISE_KEYING}, got {self.noise!r}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -105,14 +123,33 @@ class TrainingState:
     best_epoch: int = 0
     epochs_without_improvement: int = 0
     bad_steps: int = 0
+    stopped_early: bool = False
     history: list[dict] = field(default_factory=list)
+
+
+class TrainStep(nn.Module):
+    """Model and objective as one module, so DistributedDataParallel wraps the whole forward
+    (both views, sampling, predictor) and returns the four losses as a tuple."""
+
+    def __init__(self, model: nn.Module, objective: nn.Module):
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        losses = self.objective(self.model, teacher, student)
+        return losses.total, losses.task_teacher, losses.task_student, losses.distillation
+
+
+def _rows(batch: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tensor]:
+    return {key: value[rows] for key, value in batch.items()}
 
 
 class Trainer:
     def __init__(
         self,
-        model: CASDModel,
-        objective: CASDObjective,
+        model: nn.Module,
+        objective: nn.Module,
         train_split: Split,
         valid_split: Split,
         valid_conditions: list[EvalCondition],
@@ -123,10 +160,12 @@ class Trainer:
         out_dir: Path,
         metadata: dict,
         selection_metric: str,
+        context: DistContext = DistContext(),
     ):
         self.model = model.to(device)
         self.objective = objective
         self.train_split = train_split
+        self.train_data = SplitDataset(train_split)  # converted once, not every epoch
         self.valid_split = valid_split
         self.valid_conditions = valid_conditions
         self.config = config
@@ -135,8 +174,10 @@ class Trainer:
         self.out_dir = out_dir
         self.metadata = metadata
         self.selection_metric = selection_metric
+        self.context = context
         self.amp_dtype = resolve_amp(config.amp, device)
         self.missingness = TrainingMissingness(config.missing_protocol, config.missing_rate)
+        self._install_randomness(objective)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         steps_per_epoch = math.ceil(train_split.num_samples / config.batch_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -145,6 +186,23 @@ class Trainer:
         # Loss scaling only matters for fp16, whose range is narrow; bf16 and fp32 need none.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.state = TrainingState()
+        self.step_module: nn.Module = TrainStep(self.model, objective)
+        if context.enabled:
+            # find_unused_parameters: some variants leave parameters out of the loss (the nu
+            # head of the Gaussian ablation); DDP leaves their .grad untouched, as one process does.
+            self.step_module = DistributedDataParallel(
+                self.step_module, device_ids=[device.index] if device.type == "cuda" else None,
+                broadcast_buffers=False, find_unused_parameters=True,
+            )
+
+    def _install_randomness(self, objective: nn.Module) -> None:
+        """Sample-keyed noise and global-batch L_cd row weights for objectives that sample."""
+        sampler = getattr(objective, "sampler", None)
+        if self.config.noise == "sample" and isinstance(sampler, StudentTSampler):
+            objective.sampler = RowKeyedSampler(sampler.num_samples, sampler.backend)
+        distill = getattr(objective, "distill", None)
+        if self.context.enabled and isinstance(distill, ConsistencyDistillationLoss):
+            objective.distill = GlobalBatchDistillation(distill.tau, distill.backend, self.context)
 
     # --- seeding -----------------------------------------------------------------------
     def _epoch_seed(self, epoch: int) -> int:
@@ -153,24 +211,41 @@ class Trainer:
     # --- one epoch ---------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, float]:
         seed = self._epoch_seed(epoch)
-        torch.manual_seed(seed)  # dropout and the sampler's noise seeds
+        # Dropout (and, with noise="batch", the sampler's seeds) come from the global generator:
+        # one stream per rank, rank 0's being the single-process one.
+        torch.manual_seed((seed + 7_777_777 * self.context.rank) % 2**31)
         shuffle = torch.Generator().manual_seed(seed)
         missing = torch.Generator(device=self.device).manual_seed(seed + 1)
-        loader = make_loader(self.train_split, self.config.batch_size, shuffle=True, generator=shuffle)
+        loader = make_loader(self.train_data, self.config.batch_size, shuffle=True, generator=shuffle)
+        keyed = isinstance(getattr(self.objective, "sampler", None), RowKeyedSampler)
         self.model.train()
-        sums: dict[str, float] = {}
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # total, T, S, cd; global-batch means
         steps = 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{self.config.epochs}", leave=False,
-                   disable=not self.config.progress, dynamic_ncols=True)
+                   disable=not (self.config.progress and self.context.is_main), dynamic_ncols=True)
         for batch in bar:
-            teacher = batch_to(batch, self.device)
-            student = self.missingness.apply(teacher, missing)
+            # Every rank draws the whole global batch's student view (same generator, same
+            # order), then keeps its own rows: missingness does not depend on the rank.
+            full = batch_to(batch, self.device)
+            full_student = self.missingness.apply(full, missing)
+            global_rows = full["labels"].shape[0]
+            rows = self.context.shard(global_rows)
+            local_rows = rows.stop - rows.start
+            if min(self.context.shard_sizes(global_rows)) == 0:
+                log.warning("epoch %d: a batch of %d rows cannot feed %d processes; skipped",
+                            epoch, global_rows, self.context.world_size)
+                continue
+            teacher, student = _rows(full, rows), _rows(full_student, rows)
+            if keyed:
+                index = teacher["index"]
+                self.objective.sampler.row_keys = row_keys(seed, 0, index) + row_keys(seed, 1, index)
             with autocast_context(self.device, self.amp_dtype):
-                losses = self.objective(self.model, teacher, student)
-            if not torch.isfinite(losses.total):
+                losses = LossBreakdown(*self.step_module(teacher, student))
+            if not self._all_finite(losses.total):
                 self._skip_bad_step(losses)
                 continue
-            self.scaler.scale(losses.total).backward()
+            scale = loss_scale(local_rows, global_rows, self.context)
+            self.scaler.scale(losses.total * scale).backward()
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
             self.scaler.step(self.optimizer)
@@ -178,14 +253,21 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
             steps += 1
-            for name, value in losses.as_floats().items():
-                sums[name] = sums.get(name, 0.0) + value
-            bar.set_postfix(loss=f"{sums['total'] / steps:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+            values = torch.stack([v.detach().double() for v in vars(losses).values()])
+            sums += values * (local_rows / global_rows)
+            if self.config.progress and self.context.is_main:
+                bar.set_postfix(loss=f"{float(sums[0]) / steps:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
         if steps == 0:
             raise RuntimeError(f"epoch {epoch}: no finite training step; see {self.out_dir / 'train.log'}")
-        return {f"train_{name}": value / steps for name, value in sums.items()}
+        sums = self.context.all_reduce_sum(sums) / steps  # shard-weighted sums -> global-batch means
+        return {f"train_{name}": float(value) for name, value in zip(vars(losses), sums)}
 
-    def _skip_bad_step(self, losses) -> None:
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether every rank's loss is finite: all ranks must skip a step together."""
+        bad = (~torch.isfinite(loss.detach())).to(torch.float32).reshape(1)
+        return float(self.context.all_reduce_sum(bad)) == 0
+
+    def _skip_bad_step(self, losses: LossBreakdown) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.state.bad_steps += 1
         log.warning("non-finite loss skipped (%s); %d so far", losses.as_floats(), self.state.bad_steps)
@@ -198,7 +280,7 @@ class Trainer:
         """Mean selection metric over the validation conditions (validation split only)."""
         results = evaluate_conditions(
             self.model, self.valid_split, self.valid_conditions, self.dataset, self.task,
-            self.device, self.config.eval_batch_size, self.amp_dtype,
+            self.device, self.config.eval_batch_size, self.amp_dtype, context=self.context,
         )
         per_condition = {r.condition.name: r.metrics[self.selection_metric] for r in results}
         return float(np.mean(list(per_condition.values()))), per_condition
@@ -211,9 +293,12 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------------
     def fit(self) -> TrainingState:
+        """Train until the last epoch or early stop; rank 0 writes best.pt and last.pt."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         start_epoch = self.state.epoch + 1
         for epoch in range(start_epoch, self.config.epochs + 1):
+            if self.state.stopped_early:  # a resumed run that had already stopped
+                break
             started = time.perf_counter()
             record = {"epoch": epoch, **self.train_epoch(epoch)}
             score, per_condition = self.validate()
@@ -225,25 +310,32 @@ class Trainer:
             if improved:
                 self.state.best_score, self.state.best_epoch = score, epoch
                 self.state.epochs_without_improvement = 0
-                atomic_save(self.checkpoint(), self.out_dir / "best.pt")
             else:
                 self.state.epochs_without_improvement += 1
-            atomic_save(self.checkpoint(), self.out_dir / "last.pt")
+            self.state.stopped_early = self.state.epochs_without_improvement >= self.config.patience
+            if self.context.is_main:
+                if improved:
+                    atomic_save(self.checkpoint(), self.out_dir / "best.pt")
+                # last.pt after best.pt: a crash in between re-runs this epoch on resume,
+                # which rewrites the same best.pt.
+                atomic_save(self.checkpoint(), self.out_dir / "last.pt")
             log.info(
                 "epoch %d  loss %.4f (task T %.4f, S %.4f, cd %.4f)  valid %s %.4f%s  %.1fs",
                 epoch, record["train_total"], record["train_task_teacher"], record["train_task_student"],
                 record["train_distillation"], self.selection_metric, score,
                 "  *best*" if improved else "", record["seconds"],
             )
-            if self.state.epochs_without_improvement >= self.config.patience:
+            if self.state.stopped_early:
                 log.info("early stop: no validation improvement for %d epochs", self.config.patience)
                 break
+        self.context.barrier()  # every rank may read best.pt from here on
         return self.state
 
     # --- checkpoints -----------------------------------------------------------------------
     def checkpoint(self) -> dict:
         return {
             "model": self.model.state_dict(),
+            "model_kind": model_kind(self.model),
             "model_config": self.model.config.to_dict(),
             "objective_config": asdict(self.objective.config),
             "train_config": asdict(self.config),
@@ -255,10 +347,26 @@ class Trainer:
         }
 
     def resume(self, path: Path) -> None:
-        """Restore model, optimiser, schedule and progress from a checkpoint of this run."""
+        """Restore model, optimiser, schedule and progress from a checkpoint of this run.
+
+        Everything that shapes the trajectory must match the checkpoint (model, objective,
+        training settings, data); a mismatch is an error that names the differing fields.
+        """
         checkpoint = torch.load(path, map_location=self.device, weights_only=True)
-        if checkpoint["model_config"] != self.model.config.to_dict():
-            raise ValueError(f"{path} was written by a different model configuration")
+        mine = self.checkpoint()
+        differences = []
+        for section in ("model_kind", "model_config", "objective_config", "train_config", "metadata"):
+            saved, current = checkpoint.get(section), mine[section]
+            if isinstance(current, dict) and isinstance(saved, dict):
+                keys = sorted(set(saved) | set(current))
+                differences += [f"{section}.{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}"
+                                for k in keys if saved.get(k) != current.get(k)
+                                and not (section == "train_config" and k in RESUME_FREE_FIELDS)]
+            elif saved != current:
+                differences.append(f"{section}: checkpoint {saved!r}, now {current!r}")
+        if differences:
+            raise ValueError(f"--resume: {path} was written by a different run configuration:\n  "
+                             + "\n  ".join(differences) + "\nrerun with the original flags or a new --out")
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])

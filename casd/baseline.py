@@ -1,0 +1,139 @@
+"""The late-fusion baseline, trained and evaluated by the same protocol as CASD.
+
+Deterministic decision-level fusion: the same per-modality encoders as CASD
+(``casd.encoders.ModalityEncoder``), one prediction head per modality, and a learned global
+weight per modality; a sample's prediction is the weighted mean of the heads of its present
+modalities:
+
+    y_hat = sum_{m present} softmax_{m present}(a)_m f_m(h_m)
+
+It is trained like CASD, with a teacher view (complete inputs) and a student view with the
+training missingness (modality dropout and frame dropout) as one 2B batch, and the same task
+loss on both views (``casd.objective.task_loss`` with a single component and sample):
+
+    L = L_task(teacher) + L_task(student)
+
+so the only differences from CASD are the fusion (fixed weights instead of per-sample
+confidence) and the absence of distributions and distillation. It reports no confidence
+(NaN) and, as its component weights, a one-hot vector on the combination of present
+modalities (the only "component" it uses).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from casd.encoders import ModalityEncoder
+from casd.modalities import MODALITIES, combination_membership, component_availability
+from casd.model import CASDModel, ModelConfig, Prediction
+from casd.objective import LossBreakdown, ObjectiveConfig, concat_views, task_loss
+
+__all__ = ["LateFusionConfig", "LateFusionModel", "LateFusionObjective", "MODEL_KINDS", "build_model",
+           "model_kind"]
+
+
+@dataclass
+class LateFusionConfig:
+    feature_dims: tuple[int, int, int]
+    output_dim: int = 1  # 1 for regression, the number of classes for classification
+    hidden: int = 64
+    encoder_layers: int = 1
+    heads: int = 4
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.feature_dims = tuple(int(d) for d in self.feature_dims)
+        if len(self.feature_dims) != len(MODALITIES) or min(self.feature_dims) < 1:
+            raise ValueError(f"feature_dims must be three positive ints, got {self.feature_dims}")
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        if self.output_dim < 1:
+            raise ValueError(f"output_dim must be >= 1, got {self.output_dim}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class LateFusionModel(nn.Module):
+    def __init__(self, config: LateFusionConfig):
+        super().__init__()
+        self.config = config
+        self.encoders = nn.ModuleList(
+            ModalityEncoder(dim, config.hidden, config.encoder_layers, config.heads, config.dropout)
+            for dim in config.feature_dims
+        )
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(config.hidden, config.hidden), nn.GELU(), nn.Dropout(config.dropout),
+                          nn.Linear(config.hidden, config.output_dim))
+            for _ in MODALITIES
+        )
+        self.fusion_logits = nn.Parameter(torch.zeros(len(MODALITIES)))
+
+    def modality_outputs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, 3, O]: each modality's own prediction (computed for absent ones too, then masked)."""
+        return torch.stack([head(enc(batch[name], batch[f"{name}_lengths"]))
+                            for name, enc, head in zip(MODALITIES, self.encoders, self.heads)], dim=1)
+
+    def fusion_weights(self, present: torch.Tensor) -> torch.Tensor:
+        """[B, 3]: softmax of the learned logits over each sample's present modalities."""
+        present = present.bool()
+        if not present.any(dim=1).all():
+            raise ValueError("every sample needs at least one present modality")
+        logits = self.fusion_logits.float().expand(present.shape[0], -1)
+        return torch.softmax(logits.masked_fill(~present, float("-inf")), dim=1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, O] fused scores or logits."""
+        weights = self.fusion_weights(batch["present"])
+        return (weights.unsqueeze(-1) * self.modality_outputs(batch).float()).sum(1)
+
+    def predict(self, batch: dict[str, torch.Tensor]) -> Prediction:
+        output = self(batch)
+        if self.config.output_dim == 1:
+            output = output.squeeze(-1)
+        available = component_availability(batch["present"])  # [B, K]
+        size = combination_membership(available.device).sum(1)  # [K]
+        used = torch.argmax(available.float() * size, dim=1)  # the combination of all present ones
+        weights = nn.functional.one_hot(used, available.shape[1]).float()
+        confidence = torch.full(output.shape[:1], float("nan"), device=output.device)
+        return Prediction(output, confidence, weights)
+
+
+class LateFusionObjective(nn.Module):
+    """L_task(teacher) + L_task(student) on the fused output, both views in one 2B batch."""
+
+    def __init__(self, config: ObjectiveConfig):
+        super().__init__()
+        self.config = config
+
+    def forward(self, model: LateFusionModel, teacher: dict[str, torch.Tensor],
+                student: dict[str, torch.Tensor]) -> LossBreakdown:
+        batch = teacher["labels"].shape[0]
+        outputs = model(concat_views(teacher, student))[:, None, None, :]  # [2B, K=1, S=1, O]
+        log_pi = outputs.new_zeros(outputs.shape[0], 1)  # one component, weight 1
+        labels, task = teacher["labels"], self.config.task
+        task_teacher = task_loss(outputs[:batch], labels, log_pi[:batch], task)
+        task_student = task_loss(outputs[batch:], labels, log_pi[batch:], task)
+        zero = torch.zeros((), device=outputs.device)
+        return LossBreakdown(task_teacher + task_student, task_teacher, task_student, zero)
+
+
+# The model kinds `python -m casd.train --model` trains; checkpoints record the kind.
+MODEL_KINDS = {"casd": (ModelConfig, CASDModel), "late_fusion": (LateFusionConfig, LateFusionModel)}
+
+
+def build_model(kind: str, config: dict) -> nn.Module:
+    """Rebuild a model of ``kind`` from its config dict (as stored in checkpoints)."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {sorted(MODEL_KINDS)}")
+    config_class, model_class = MODEL_KINDS[kind]
+    return model_class(config_class(**config))
+
+
+def model_kind(model: nn.Module) -> str:
+    for kind, (_, model_class) in MODEL_KINDS.items():
+        if type(model) is model_class:
+            return kind
+    raise ValueError(f"{type(model).__name__} is not one of the model kinds {sorted(MODEL_KINDS)}")
