@@ -30,6 +30,8 @@ setup(
             "scipy>=1.10",
             "scikit-learn>=1.2",  # independent cross-check of the MMSA metric semantics
         ],
+        # GPU profiling: NVML readings (device, power, energy) beside the benchmark timings.
+        "bench": ["pytest>=7", "pytest-benchmark>=4", "nvidia-ml-py>=12"],
     },
     entry_points={"console_scripts": ["casd-train=casd.train:main"]},
 )
