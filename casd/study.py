@@ -57,7 +57,7 @@ REUSE_FREE = {"out", "resume", "no_progress", "threads", "device"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m casd.study", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m casd.study", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS), help="training seeds")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
@@ -227,11 +227,16 @@ def plot_study(study: dict, path: Path, metrics: tuple[str, ...]) -> None:
     ax, primary = axes[-1], metrics[0]
     combos = [c for c in COMBINATION_NAMES if c in study["variants"][variants[0]]["aggregate"]["modality"]["combinations"]]
     width = 0.8 / len(variants)
+    low, high = np.inf, -np.inf
     for i, v in enumerate(variants):
         combos_agg = study["variants"][v]["aggregate"]["modality"]["combinations"]
-        ax.bar(np.arange(len(combos)) + (i - (len(variants) - 1) / 2) * width,
-               [combos_agg[c][primary]["mean"] for c in combos], width,
-               yerr=[combos_agg[c][primary]["std"] for c in combos], label=v, capsize=1.5)
+        mean = np.array([combos_agg[c][primary]["mean"] for c in combos])
+        std = np.array([combos_agg[c][primary]["std"] for c in combos])
+        ax.bar(np.arange(len(combos)) + (i - (len(variants) - 1) / 2) * width, mean, width,
+               yerr=std, label=v, capsize=1.5)
+        low, high = min(low, float((mean - std).min())), max(high, float((mean + std).max()))
+    pad = 0.1 * (high - low) + 1e-6
+    ax.set_ylim(low - pad, high + pad)  # differences between variants, not the distance from 0
     ax.set_xticks(np.arange(len(combos)), ["{" + ",".join(c) + "}" for c in combos], fontsize=7)
     ax.set_title(f"{primary} by modalities present")
     fig.suptitle(f"Robustness study: {study['data']['source']}, {len(study['seeds'])} seeds (mean ± std)")

@@ -1,0 +1,101 @@
+"""`python -m casd.predict`: per-sample outputs of a checkpoint, its compatibility checks and conditions."""
+import csv
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from casd.data import SyntheticConfig, generate_synthetic
+from casd.modalities import COMBINATION_NAMES
+from casd.predict import main as predict
+from casd.train import main as train
+
+TINY = ["--synthetic-samples", "96", "48", "64", "--epochs", "2", "--hidden", "16", "--heads", "2",
+        "--embed-dim", "8", "--no-progress", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    assert train([*TINY, "--out", str(root / "casd")]) == 0
+    assert train([*TINY, "--out", str(root / "late_fusion"), "--model", "late_fusion"]) == 0
+    return root
+
+
+def read_csv(path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("condition", ["frame_0.5", "modality_ta"])
+def test_predictions_reproduce_the_training_runs_test_outputs(runs, tmp_path, condition):
+    out = tmp_path / "p.csv"
+    assert predict(["--checkpoint", str(runs / "casd" / "best.pt"), "--synthetic", "--condition", condition,
+                    "--out", str(out)]) == 0
+    rows = read_csv(out)
+    saved = np.load(runs / "casd" / "predictions.npz")
+    assert [r["id"] for r in rows] == saved["ids"].tolist()
+    np.testing.assert_allclose([float(r["prediction"]) for r in rows], saved[f"{condition}/output"], rtol=1e-6)
+    np.testing.assert_allclose([float(r["confidence"]) for r in rows], saved[f"{condition}/confidence"], rtol=1e-6)
+    weights = np.array([[float(r[f"weight_{c}"]) for c in COMBINATION_NAMES] for r in rows])
+    np.testing.assert_allclose(weights, saved[f"{condition}/weights"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(weights.sum(1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose([float(r["label"]) for r in rows], saved["labels"], rtol=1e-6)
+    if condition == "modality_ta":  # only {t}, {a}, {t,a} are available
+        assert weights[:, [2, 4, 5, 6]].max() == 0 and weights[:, [0, 1, 3]].min() > 0
+
+
+def test_json_output_records_the_training_setup_and_metrics(runs, tmp_path):
+    out = tmp_path / "p.json"
+    assert predict(["--checkpoint", str(runs / "casd" / "last.pt"), "--synthetic", "--split", "valid",
+                    "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["trained_on"] == {"source": "synthetic(seed=0)", "dataset": "mosi", "task": "regression",
+                                    "feature_dims": [64, 16, 24], "missing_protocol": "mixed", "missing_rate": 0.5}
+    assert report["condition"] == "none" and len(report["predictions"]) == 48
+    predictions = np.array([p["prediction"] for p in report["predictions"]])
+    labels = np.array([p["label"] for p in report["predictions"]])
+    assert report["metrics"]["MAE"] == pytest.approx(np.abs(predictions - labels).mean(), rel=1e-5)
+
+
+def test_late_fusion_checkpoint_has_no_confidence_and_one_used_combination(runs, tmp_path):
+    out = tmp_path / "p.json"
+    assert predict(["--checkpoint", str(runs / "late_fusion" / "best.pt"), "--synthetic",
+                    "--condition", "modality_av", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["model_kind"] == "late_fusion"
+    for p in report["predictions"]:
+        assert p["confidence"] is None
+        assert [p[f"weight_{c}"] for c in COMBINATION_NAMES] == [0, 0, 0, 0, 0, 1, 0]
+
+
+def write_other_data(path, **changes) -> None:
+    """An MMSA-format file of one split, with other feature sizes, and no labels."""
+    raw = generate_synthetic(SyntheticConfig(num_train=4, num_valid=4, num_test=12, **changes))["test"]
+    del raw["regression_labels"]
+    path.write_bytes(pickle.dumps(raw))
+
+
+def test_mismatching_data_is_refused_naming_every_difference(runs, tmp_path, capsys):
+    path = tmp_path / "other.pkl"
+    write_other_data(path, audio_dim=5, vision_dim=35)
+    assert predict(["--checkpoint", str(runs / "casd" / "best.pt"), "--data", str(path), "--dataset", "sims"]) == 2
+    err = capsys.readouterr().err
+    assert "audio feature dimension: data 5, checkpoint 16" in err
+    assert "vision feature dimension: data 35, checkpoint 24" in err
+    assert "--dataset: given 'sims'" in err and "text feature" not in err
+    assert predict(["--checkpoint", str(runs / "casd" / "best.pt"), "--data", str(path),
+                    "--condition", "frame_0.55"]) == 2
+    assert "unknown condition 'frame_0.55'" in capsys.readouterr().err
+    assert predict(["--checkpoint", str(tmp_path / "none.pt"), "--synthetic"]) == 2
+
+
+def test_unlabelled_new_data_gets_predictions_without_labels(runs, tmp_path, capsys):
+    path, out = tmp_path / "new.pkl", tmp_path / "p.csv"
+    write_other_data(path, seed=5, text_len=20)  # other samples, shorter text: allowed
+    assert predict(["--checkpoint", str(runs / "casd" / "best.pt"), "--data", str(path), "--out", str(out)]) == 0
+    rows = read_csv(out)
+    assert len(rows) == 12 and "label" not in rows[0]
+    assert all(np.isfinite(float(r["prediction"])) and np.isfinite(float(r["confidence"])) for r in rows)
+    assert "sequence lengths" in capsys.readouterr().err
