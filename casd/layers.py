@@ -1,13 +1,13 @@
 """Drop-in CASD layers: any multimodal model that produces one vector per modality can use them.
 
-    h [B, M, H] + present [B, M]
-      -> CombinationEmbedding      g [B, K, H]          (SPEC §2.2)
-      -> StudentTHead              mu, log_sigma, nu    (SPEC §2.3)
-      -> ConfidenceMixture         StudentTMixture      (SPEC §3)
-      -> StudentTSampler           z [B, K, S, D]       (SPEC §4)
+    h [B, M, H]                 -> CombinationEmbedding      g [B, K, H]          (SPEC §2.2)
+    g                           -> StudentTHead              mu, log_sigma, nu    (SPEC §2.3)
+    mu, log_sigma, nu, available -> ConfidenceMixture        StudentTMixture      (SPEC §3)
+    mixture                     -> StudentTSampler           z [B, K, S, D]       (SPEC §4)
     ConsistencyDistillationLoss(teacher, student, z_teacher) -> L_cd
 
-Each layer with heavy work takes ``backend`` ("torch" or "triton") and calls ``casd.kernels``.
+``available`` [B, K] comes from the modality presence mask [B, M] through
+``casd.modalities.component_availability``. Each layer with heavy work takes ``backend`` ("torch" or "triton") and calls ``casd.kernels``.
 """
 from __future__ import annotations
 

@@ -76,6 +76,36 @@ def test_cpu_tensors_switch_a_fresh_process_to_the_interpreter_with_a_warning():
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
+_OPTIMIZER_FIRST = """
+import torch
+{first}
+torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # imports triton via torch._dynamo
+from casd.kernels import StudentTMixture, BackendUnavailableError
+mixture = StudentTMixture(torch.zeros(1, 1, 4), torch.zeros(1, 1, 4), torch.full((1, 1), 5.0), torch.zeros(1, 1))
+try:
+    print(tuple(mixture.rsample(2, seed=0, backend="triton").shape))
+except BackendUnavailableError as exc:
+    print("refused:", exc)
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter fallback is for CPU-only machines")
+@pytest.mark.parametrize(
+    "first, expected",
+    [("import casd.kernels", "(1, 1, 2, 4)"), ("import triton", "refused: triton was imported in compiled mode")],
+)
+def test_triton_imported_by_torch_before_the_first_kernel_call(first, expected):
+    """Importing casd.kernels first picks the interpreter in time; importing triton first is
+    refused with an explanation instead of an obscure interpreter error."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-c", _OPTIMIZER_FIRST.format(first=first)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().startswith(expected), result.stdout
+
+
 # Compiles every kernel for an H100 (sm_90) with the installed Triton and its bundled
 # ptxas, using the launch configurations the launchers pick, then reads the register
 # and stack use of each cubin. Runs in a fresh process: this one holds interpreted
