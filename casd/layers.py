@@ -7,7 +7,8 @@
     ConsistencyDistillationLoss(teacher, student, z_teacher) -> L_cd
 
 ``available`` [B, K] comes from the modality presence mask [B, M] through
-``casd.modalities.component_availability``. Each layer with heavy work takes ``backend`` ("torch" or "triton") and calls ``casd.kernels``.
+``casd.modalities.component_availability``. Each layer with heavy work takes ``backend``
+("torch" or "triton") and calls ``casd.kernels``.
 """
 from __future__ import annotations
 
