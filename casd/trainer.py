@@ -242,6 +242,8 @@ class Trainer:
             with autocast_context(self.device, self.amp_dtype):
                 losses = LossBreakdown(*self.step_module(teacher, student))
             if not self._all_finite(losses.total):
+                if self.context.enabled:  # DDP expects a backward after each forward; its grads are dropped
+                    (losses.total * 0.0).backward()
                 self._skip_bad_step(losses)
                 continue
             scale = loss_scale(local_rows, global_rows, self.context)
