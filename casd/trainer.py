@@ -188,11 +188,12 @@ class Trainer:
         self.state = TrainingState()
         self.step_module: nn.Module = TrainStep(self.model, objective)
         if context.enabled:
-            # find_unused_parameters: some variants leave parameters out of the loss (the nu
-            # head of the Gaussian ablation); DDP leaves their .grad untouched, as one process does.
+            # static_graph: every step uses the same parameters, but some variants leave some out
+            # of the loss (the nu head of the Gaussian ablation); DDP finds them in the first step
+            # and leaves their .grad untouched, as one process does.
             self.step_module = DistributedDataParallel(
                 self.step_module, device_ids=[device.index] if device.type == "cuda" else None,
-                broadcast_buffers=False, find_unused_parameters=True,
+                static_graph=True,
             )
 
     def _install_randomness(self, objective: nn.Module) -> None:
