@@ -50,8 +50,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "late_fusion": ("late-fusion baseline (same encoders, modality dropout)", ["--model", "late_fusion"]),
 }
 DEFAULT_SEEDS = (1111, 1112, 1113)
-# Flags the study sets itself, per run or per variant.
-RESERVED = {"--seed", "--out", "--resume", "--model", "--lambda-cd", "--weighting", "--distribution"}
+# Flags the study sets itself per run. (A variant's own flags come after the shared ones and
+# win: `--lambda-cd 0.03` sets it for every variant except no_distill.)
+RESERVED = {"--seed", "--out", "--resume"}
 # Run arguments that may differ when a finished run is reused (they do not change results).
 REUSE_FREE = {"out", "resume", "no_progress", "threads", "device"}
 
