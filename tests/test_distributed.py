@@ -132,7 +132,8 @@ def test_shard_losses_average_to_the_global_batch_gradient():
 # --- end to end: torchrun, 2 CPU processes (gloo) vs 1 process -------------------------------
 E2E_ARGS = ["--synthetic-samples", "89", "40", "48", "--epochs", "3", "--hidden", "16", "--heads", "2",
             "--embed-dim", "8", "--batch-size", "32", "--dropout", "0", "--lambda-cd", "1", "--tau", "0.5",
-            "--lr", "3e-3", "--no-progress", "--threads", "1"]  # 89 rows: last batch 25 -> shards 13 + 12
+            "--missing-rate", "0.5", "--lr", "3e-3", "--no-progress",
+            "--threads", "1"]  # 89 rows: last batch 25 -> shards 13 + 12
 
 
 @pytest.mark.slow
@@ -150,7 +151,7 @@ def test_two_process_run_matches_single_process_run(tmp_path):
     for a, b in zip(ddp["history"], single["history"]):
         for key in ("train_total", "train_task_teacher", "train_task_student", "train_distillation", "valid_score"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["epoch"], key)
-    assert single["history"][-1]["train_distillation"] > 1e-4  # L_cd is part of what is compared
+    assert max(abs(h["train_distillation"]) for h in single["history"]) > 1e-4  # L_cd is part of the comparison
     assert ddp["selection"]["best_epoch"] == single["selection"]["best_epoch"]
     pa, pb = np.load(tmp_path / "ddp" / "predictions.npz"), np.load(tmp_path / "single" / "predictions.npz")
     assert sorted(pa.files) == sorted(pb.files)
