@@ -82,7 +82,8 @@ def run_one(variant: str, seed: int, out: Path, shared: list[str], report_only: 
     """results.json of one run: reused if finished with the same flags, else trained/resumed."""
     argv = run_args(variant, seed, out, shared)
     args = train.build_parser().parse_args(argv)
-    expected = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    # As results.json stores them (JSON: tuples become lists), so the two compare equal.
+    expected = json.loads(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}))
     results = out / "results.json"
     if results.exists():
         report = json.loads(results.read_text())
@@ -270,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     data, task = first["config"]["data"], first["config"]["args"]["task"]
     names = headline_metrics(data["dataset"], task)
     study = {
-        "command": "python -m casd.study " + shlex.join(argv),
+        # --report-only aggregates exactly what the full command trains: record the full command.
+        "command": "python -m casd.study " + shlex.join(a for a in argv if a != "--report-only"),
         "seeds": args.seeds,
         "data": data,
         "selection_metric": first["selection"]["metric"],

@@ -9,7 +9,8 @@ from casd.baseline import LateFusionConfig, LateFusionModel, LateFusionObjective
 from casd.metrics import sweep_summary
 from casd.modalities import COMBINATION_NAMES
 from casd.objective import ObjectiveConfig
-from casd.study import aggregate, main as study, paired_differences
+from casd.study import aggregate, main as study, paired_differences, run_args, run_one
+from casd.train import build_parser as train_parser
 
 DIMS = (12, 5, 7)
 
@@ -136,3 +137,16 @@ def test_study_runs_variants_and_seeds_reports_and_reuses_runs(tmp_path, capsys)
     assert study([*command, "--hidden", "8"]) == 2
     assert "hidden" in capsys.readouterr().err
     assert study(["--seed", "5", "--out", str(out)]) == 2
+
+
+def test_finished_runs_are_reused_with_default_flags_and_refused_with_others(tmp_path):
+    """results.json stores args as JSON (tuple defaults become lists): reuse must still match."""
+    out = tmp_path / "casd" / "seed_7"
+    out.mkdir(parents=True)
+    args = vars(train_parser().parse_args(run_args("casd", 7, out, [])))
+    saved = {"config": {"args": json.loads(json.dumps({k: str(v) if hasattr(v, "parts") else v
+                                                       for k, v in args.items()}))}, "test": {"marker": 1}}
+    (out / "results.json").write_text(json.dumps(saved))
+    assert run_one("casd", 7, out, [], report_only=True)["test"] == {"marker": 1}
+    with pytest.raises(ValueError, match="lambda_cd"):
+        run_one("casd", 7, out, ["--lambda-cd", "0.5"], report_only=True)
