@@ -8,7 +8,7 @@ from casd.data import SyntheticConfig, generate_synthetic
 from casd.train import main
 
 SMALL = ["--synthetic-samples", "600", "150", "300", "--epochs", "8", "--hidden", "32",
-         "--lr", "3e-3", "--batch-size", "32", "--no-progress", "--threads", "2"]
+         "--lr", "3e-3", "--batch-size", "32", "--no-progress", "--threads", "1"]
 
 
 def train(tmp_path, name: str, *extra: str) -> dict:
