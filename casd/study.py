@@ -176,6 +176,19 @@ def protocol_tables(study: dict, metric: str) -> tuple[list[str], list[str]]:
     return _table(frame_rows, variants, metric), _table(modality_rows, variants, metric)
 
 
+def summary_table(study: dict, metrics: tuple[str, ...]) -> list[str]:
+    """One row per variant: frame-level AUC and modality-combination mean of each metric."""
+    header = "| variant | " + " | ".join(f"{m} frame AUC | {m} modality mean" for m in metrics) + " |"
+    lines = [header, "|---|" + "---|" * (2 * len(metrics))]
+    for name, variant in study["variants"].items():
+        agg = variant["aggregate"]
+        cells = []
+        for m in metrics:
+            cells += [_cell(agg["frame"]["summary"][m]["auc"], False), _cell(agg["modality"]["mean"][m], False)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_markdown(study: dict, path: Path) -> None:
     names, primary = study["metrics"], study["primary_metric"]
     variants = list(study["variants"])
@@ -193,6 +206,8 @@ def write_markdown(study: dict, path: Path) -> None:
     ]
     lines += [f"| {v} | {study['variants'][v]['description']} | `{' '.join(study['variants'][v]['flags']) or '(defaults)'}` |"
               for v in variants]
+    lines += ["", "## Summary", "", "Frame-level AUC over r = 0.0..0.9 and mean over the 7 modality combinations.",
+              "", *summary_table(study, tuple(study["plot_metrics"]))]
     for metric in [primary] + [n for n in names if n != primary]:
         frame, modality = protocol_tables(study, metric)
         lines += ["", f"## {metric}", "", "### Frame-level missing rate r (MMSA protocol)", "", *frame,
@@ -293,10 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     if "casd" in study["variants"] and len(study["variants"]) > 1:
         study["paired"] = {"reference": "casd",
                            "differences": paired_differences(study, "casd", study["primary_metric"])}
+    study["plot_metrics"] = list(dict.fromkeys([study["primary_metric"], *names[:1],
+                                                "Corr" if "Corr" in names else names[-1]]))
     (args.out / "study.json").write_text(json.dumps(study, indent=2))
     write_markdown(study, args.out / "study.md")
-    plot_metrics = tuple(dict.fromkeys([study["primary_metric"], *names[:1], "Corr" if "Corr" in names else names[-1]]))
-    plot_study(study, args.out / "study.png", plot_metrics)
+    plot_study(study, args.out / "study.png", tuple(study["plot_metrics"]))
     primary_frame, primary_modality = protocol_tables(study, study["primary_metric"])
     print("\n".join(["", f"{study['primary_metric']}, frame-level sweep", *primary_frame, "",
                      f"{study['primary_metric']}, modality combinations", *primary_modality, ""]))
