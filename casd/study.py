@@ -10,7 +10,11 @@ test conditions), then writes, under ``--out``:
 - ``study.md``: a table per protocol and headline metric (frame-level sweep r = 0.0..0.9 with
   its mean and AUC; the 7 modality combinations with their mean), and paired differences;
 - ``study.png``: each variant's metrics against the frame-level missing rate (mean +- std over
-  seeds) and the primary metric per modality combination.
+  seeds) and the primary metric per modality combination;
+- with ``--diagnose`` (synthetic data, regression), ``diagnostics.md``/``.json``: what the
+  confidence weights of every CASD run do, on the *validation* split: how peaked they are, how
+  they move under missing modalities, whether the mixture beats plain averaging, and whether
+  the uncertainty tracks the noise planted in each modality.
 
 Unknown flags are passed to ``casd.train`` for every run (e.g. ``--epochs 10 --threads 1``).
 The study can be interrupted and rerun with the same command: finished runs are reused
@@ -34,9 +38,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from scipy.stats import spearmanr  # noqa: E402
+
 from casd import train  # noqa: E402
+from casd.data import (SyntheticConfig, apply_condition, batch_to, evaluation_conditions,  # noqa: E402
+                       generate_synthetic, make_loader, split_from_mmsa)
 from casd.metrics import higher_is_better  # noqa: E402
-from casd.modalities import COMBINATION_NAMES  # noqa: E402
+from casd.modalities import COMBINATION_NAMES, MODALITIES  # noqa: E402
 from casd.report import headline_metrics  # noqa: E402
 
 log = logging.getLogger("casd")
@@ -66,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("results/study"), help="output directory")
     p.add_argument("--report-only", action="store_true",
                    help="only aggregate the runs already in --out (every variant x seed must be there)")
+    p.add_argument("--diagnose", action="store_true",
+                   help="also write diagnostics.md/.json: the confidence weights of every CASD run on the "
+                   "validation split (synthetic data, regression)")
     return p
 
 
@@ -262,6 +273,82 @@ def plot_study(study: dict, path: Path, metrics: tuple[str, ...]) -> None:
     plt.close(fig)
 
 
+# --- diagnostics of the confidence weights ---------------------------------------------------
+DIAGNOSTIC_CONDITIONS = ("frame_0.0", "frame_0.5", "frame_0.9", "modality_ta", "modality_tv", "modality_av")
+
+
+@torch.no_grad()
+def confidence_diagnostics(run_dir: Path, split_name: str = "valid") -> dict:
+    """What the confidence weights of the CASD model in ``run_dir/best.pt`` do on the synthetic
+    data's ``split_name`` split (validation by default: nothing here looks at test data).
+
+    - ``u_spread``: max - min over components of the mean uncertainty u_k (nats per dimension);
+      with tau = 1 a spread of 0.2 gives weights within ~20 % of uniform;
+    - ``max_weight``: mean over samples of max_k pi_k (uniform over 7 components: 1/7);
+    - ``mae``: MAE of the mixture sum_k pi_k f(mu_k), of the plain mean of the 7 components'
+      predictions, and of the {t,a,v} component alone, all inputs present;
+    - ``rho_noise``: Spearman correlation of u of each single-modality component with the noise
+      scale the generator planted in that modality (positive: noisier -> less confident);
+    - ``weights``: mean pi per component under a few evaluation conditions.
+    """
+    from casd.predict import load_checkpoint  # casd.predict imports casd.train; import lazily
+
+    model, checkpoint = load_checkpoint(run_dir / "best.pt", torch.device("cpu"))
+    metadata = checkpoint["metadata"]
+    if checkpoint.get("model_kind", "casd") != "casd" or metadata["task"] != "regression" or not metadata.get("synthetic"):
+        raise ValueError(f"{run_dir}: diagnostics need a CASD regression model trained on the synthetic data")
+    config = SyntheticConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in metadata["synthetic"].items()})
+    raw = generate_synthetic(config)[split_name]
+    split = split_from_mmsa(raw, "regression")
+
+    def mixture_of(degraded, present=None):
+        batch = batch_to(next(iter(make_loader(degraded, degraded.num_samples, shuffle=False, present=present))), "cpu")
+        return model(batch)
+
+    mixture = mixture_of(split)
+    u = mixture.component_uncertainty()  # [N, K]
+    outputs = model.predictor(mixture.mu).float().squeeze(-1)  # [N, K]: each component's prediction
+    labels = torch.as_tensor(split.labels)
+    mae = lambda p: float((p - labels).abs().mean())  # noqa: E731
+    conditions = {c.name: c for c in evaluation_conditions(1111 + train.VALID_SEED_OFFSET)}
+    weights = {}
+    for name in DIAGNOSTIC_CONDITIONS:
+        weights[name] = mixture_of(*apply_condition(split, conditions[name])).weights.mean(0).tolist()
+    u_mean = u.mean(0)
+    return {
+        "u_spread": float(u_mean.max() - u_mean.min()),
+        "max_weight": float(mixture.weights.max(1).values.mean()),
+        "mae": {"mixture": mae((mixture.weights * outputs).sum(1)), "uniform_mean": mae(outputs.mean(1)),
+                "tav_component": mae(outputs[:, COMBINATION_NAMES.index("tav")])},
+        "rho_noise": {m[0]: float(spearmanr(u[:, i].numpy(), raw["noise_scale"][:, i]).correlation)
+                      for i, m in enumerate(MODALITIES)},
+        "weights": weights,
+    }
+
+
+def write_diagnostics(out: Path, variants: list[str], seeds: list[int]) -> None:
+    runs = {v: {s: confidence_diagnostics(out / v / f"seed_{s}") for s in seeds}
+            for v in variants if v != "late_fusion"}
+    (out / "diagnostics.json").write_text(json.dumps(runs, indent=2))
+    mean = lambda values: f"{np.mean(values):.3f}"  # noqa: E731
+    lines = ["# Confidence-weight diagnostics (validation split)", "",
+             "Means over seeds; see `casd.study.confidence_diagnostics` for the definitions.", "",
+             "| variant | u spread | mean max π (1/7 = 0.143) | MAE mixture | MAE plain mean | MAE {t,a,v} alone "
+             "| ρ(u_t, σ_t) | ρ(u_a, σ_a) | ρ(u_v, σ_v) |", "|---|" + "---|" * 8]
+    for v, per_seed in runs.items():
+        d = list(per_seed.values())
+        lines.append(f"| {v} | {mean([x['u_spread'] for x in d])} | {mean([x['max_weight'] for x in d])} | "
+                     + " | ".join(mean([x["mae"][k] for x in d]) for k in ("mixture", "uniform_mean", "tav_component"))
+                     + " | " + " | ".join(mean([x["rho_noise"][m] for x in d]) for m in "tav") + " |")
+    lines += ["", "Mean weight π per component under missing modalities:", "",
+              "| variant | condition | " + " | ".join(COMBINATION_NAMES) + " |", "|---|---|" + "---|" * len(COMBINATION_NAMES)]
+    for v, per_seed in runs.items():
+        for name in DIAGNOSTIC_CONDITIONS:
+            w = np.mean([x["weights"][name] for x in per_seed.values()], axis=0)
+            lines.append(f"| {v} | {name} | " + " | ".join(f"{x:.2f}" for x in w) + " |")
+    (out / "diagnostics.md").write_text("\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args, shared = build_parser().parse_known_args(argv)
@@ -313,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "study.json").write_text(json.dumps(study, indent=2))
     write_markdown(study, args.out / "study.md")
     plot_study(study, args.out / "study.png", tuple(study["plot_metrics"]))
+    if args.diagnose:
+        write_diagnostics(args.out, args.variants, args.seeds)
     primary_frame, primary_modality = protocol_tables(study, study["primary_metric"])
     print("\n".join(["", f"{study['primary_metric']}, frame-level sweep", *primary_frame, "",
                      f"{study['primary_metric']}, modality combinations", *primary_modality, ""]))

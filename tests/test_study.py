@@ -111,7 +111,7 @@ TINY = ["--synthetic-samples", "64", "32", "48", "--epochs", "1", "--hidden", "1
 @pytest.mark.slow
 def test_study_runs_variants_and_seeds_reports_and_reuses_runs(tmp_path, capsys):
     out = tmp_path / "study"
-    command = ["--seeds", "3", "4", "--variants", "casd", "late_fusion", "--out", str(out), *TINY]
+    command = ["--seeds", "3", "4", "--variants", "casd", "late_fusion", "--out", str(out), "--diagnose", *TINY]
     assert study(command) == 0
     report = json.loads((out / "study.json").read_text())
     assert list(report["variants"]) == ["casd", "late_fusion"] and report["seeds"] == [3, 4]
@@ -130,6 +130,18 @@ def test_study_runs_variants_and_seeds_reports_and_reuses_runs(tmp_path, capsys)
         assert row in markdown
     assert markdown.count("### Frame-level") == len(report["metrics"]) and "Paired differences" in markdown
     assert (out / "study.png").stat().st_size > 10_000
+
+    # Diagnostics of the confidence weights (CASD runs only), on the validation split.
+    diagnostics = json.loads((out / "diagnostics.json").read_text())
+    assert list(diagnostics) == ["casd"] and list(diagnostics["casd"]) == ["3", "4"]
+    for d in diagnostics["casd"].values():
+        assert 1 / 7 - 1e-6 <= d["max_weight"] <= 1 and d["u_spread"] >= 0
+        assert set(d["rho_noise"]) == {"t", "a", "v"} and all(-1 <= r <= 1 for r in d["rho_noise"].values())
+        for name, w in d["weights"].items():
+            assert sum(w) == pytest.approx(1, abs=1e-5), name
+        ta = d["weights"]["modality_ta"]  # only {t}, {a}, {t,a} are available
+        assert max(ta[i] for i in (2, 4, 5, 6)) == 0 and min(ta[i] for i in (0, 1, 3)) > 0
+    assert "| casd |" in (out / "diagnostics.md").read_text()
 
     # Rerunning reuses the finished runs (same numbers); other shared flags are refused.
     assert study([*command, "--no-progress"]) == 0
