@@ -25,7 +25,6 @@ computes at the same *global* batch, up to float rounding, so results do not dep
 """
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 
@@ -38,8 +37,6 @@ from casd.layers import ConsistencyDistillationLoss, StudentTSampler
 
 __all__ = ["DistContext", "init_distributed", "shutdown_distributed", "loss_scale", "row_keys",
            "RowKeyedSampler", "GlobalBatchDistillation"]
-
-log = logging.getLogger("casd")
 
 
 @dataclass(frozen=True)
