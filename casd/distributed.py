@@ -17,8 +17,8 @@ computes at the same *global* batch, up to float rounding, so results do not dep
   :class:`GlobalBatchDistillation` rescales each rank's L_cd so that w is the softmax over the
   whole global batch, as in one process (one all_gather of two numbers per rank and step).
 - Dropout masks are drawn from torch's generator seeded per (epoch, rank): independent across
-  ranks and samples, but not the masks one process would draw. Runs that must match a
-  single-process run bit for bit-ish (tests/test_distributed.py) use dropout 0.
+  ranks and samples, but not the masks one process would draw. Runs compared with a
+  single-process run (tests/test_distributed.py) use dropout 0.
 - Validation and test predictions are computed on row shards and gathered to every rank, so
   every rank sees the same metrics and takes the same early-stopping decision. Only rank 0
   logs and writes files.
