@@ -58,6 +58,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "late_fusion": ("late-fusion baseline (same encoders, modality dropout)", ["--model", "late_fusion"]),
 }
 DEFAULT_SEEDS = (1111, 1112, 1113)
+# The study keys sampling noise by sample, so its numbers do not depend on how many processes
+# ran them; shared flags come after and may override it.
+STUDY_DEFAULTS = ["--noise", "sample"]
 # Flags the study sets itself per run. (A variant's own flags come after the shared ones and
 # win: `--lambda-cd 0.03` sets it for every variant except no_distill.)
 RESERVED = {"--seed", "--out", "--resume"}
@@ -82,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --- running -------------------------------------------------------------------------------
 def run_args(variant: str, seed: int, out: Path, shared: list[str]) -> list[str]:
-    return [*shared, *VARIANTS[variant][1], "--seed", str(seed), "--out", str(out), "--no-progress"]
+    return [*STUDY_DEFAULTS, *shared, *VARIANTS[variant][1], "--seed", str(seed), "--out", str(out),
+            "--no-progress"]
 
 
 def _comparable(args: dict) -> dict:

@@ -39,9 +39,6 @@ SPLITS = ("train", "valid", "test")
 # Validation uses its own seeds (never the test ones) and a coarser sweep to stay cheap.
 VALID_SEED_OFFSET = 100_000
 VALID_RATES = (0.0, 0.3, 0.6, 0.9)
-# lambda_cd chosen on the synthetic data's validation split over 3 seeds (0, 0.01, 0.03, 0.1;
-# docs/study.md): 0.01 beat ObjectiveConfig's 0.1 on every seed.
-LAMBDA_CD = 0.01
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--weighting", choices=("confidence", "uniform"), default=ModelConfig.weighting)
     model.add_argument("--distribution", choices=("student_t", "gaussian"), default=ModelConfig.distribution)
     obj = p.add_argument_group("objective")
-    obj.add_argument("--lambda-cd", type=float, default=LAMBDA_CD,
+    obj.add_argument("--lambda-cd", type=float, default=ObjectiveConfig.lambda_cd,
                      help="weight of the consistency-distillation loss (0 disables it); the default was tuned "
                      "on the synthetic validation split (docs/study.md)")
     obj.add_argument("--samples", type=int, default=ObjectiveConfig.num_samples,

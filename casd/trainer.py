@@ -59,10 +59,11 @@ class TrainConfig:
     eval_batch_size: int = 256
     max_bad_steps: int = 20  # non-finite losses tolerated (skipped) before the run is aborted
     progress: bool = True
-    # Reparameterisation noise: "sample" keys each sample's draws by (epoch seed, view, sample
-    # index), the same for any batch composition or number of processes; "batch" draws one seed
-    # per step (per rank under torchrun) and lets --fused generate the noise inside the kernel.
-    noise: str = "sample"
+    # Reparameterisation noise: "batch" draws one seed per step (per rank under torchrun) from
+    # the run's seeded generator, so --fused generates eps inside the kernel and never stores
+    # it. "sample" keys each sample's draws by (epoch seed, view, sample index): results then do
+    # not depend on the number of processes, at the cost of drawing eps per row on the host.
+    noise: str = "batch"
 
     def __post_init__(self) -> None:
         if self.amp not in ("auto", *AMP_DTYPES):

@@ -132,7 +132,7 @@ def test_shard_losses_average_to_the_global_batch_gradient():
 # --- end to end: torchrun, 2 CPU processes (gloo) vs 1 process -------------------------------
 E2E_ARGS = ["--synthetic-samples", "89", "40", "48", "--epochs", "3", "--hidden", "16", "--heads", "2",
             "--embed-dim", "8", "--batch-size", "32", "--dropout", "0", "--lambda-cd", "1", "--tau", "0.5",
-            "--missing-rate", "0.5", "--lr", "3e-3", "--no-progress",
+            "--missing-rate", "0.5", "--lr", "3e-3", "--no-progress", "--noise", "sample",
             "--threads", "1"]  # 89 rows: last batch 25 -> shards 13 + 12
 
 
