@@ -169,7 +169,6 @@ def copy_bandwidth_gbps(device: torch.device, nbytes: int | None = None, repeats
     dst.copy_(src)  # warm-up
     copy = lambda i: dst.copy_(src)  # noqa: E731
     per_copy_ms = cuda_event_ms(copy, repeats) if device.type == "cuda" else wall_ms(copy, device, repeats)
-    del src, dst
     return 2 * nbytes / (per_copy_ms * 1e-3) / 1e9
 
 

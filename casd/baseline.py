@@ -20,14 +20,14 @@ modalities (the only "component" it uses).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from casd.encoders import ModalityEncoder
 from casd.modalities import MODALITIES, combination_membership, component_availability
-from casd.model import CASDModel, ModelConfig, Prediction
+from casd.model import CASDModel, EncoderConfig, ModelConfig, Prediction
 from casd.objective import LossBreakdown, ObjectiveConfig, concat_views, task_loss
 
 __all__ = ["LateFusionConfig", "LateFusionModel", "LateFusionObjective", "MODEL_KINDS", "build_model",
@@ -35,25 +35,8 @@ __all__ = ["LateFusionConfig", "LateFusionModel", "LateFusionObjective", "MODEL_
 
 
 @dataclass
-class LateFusionConfig:
-    feature_dims: tuple[int, int, int]
-    output_dim: int = 1  # 1 for regression, the number of classes for classification
-    hidden: int = 64
-    encoder_layers: int = 1
-    heads: int = 4
-    dropout: float = 0.1
-
-    def __post_init__(self) -> None:
-        self.feature_dims = tuple(int(d) for d in self.feature_dims)
-        if len(self.feature_dims) != len(MODALITIES) or min(self.feature_dims) < 1:
-            raise ValueError(f"feature_dims must be three positive ints, got {self.feature_dims}")
-        if self.hidden % self.heads:
-            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
-        if self.output_dim < 1:
-            raise ValueError(f"output_dim must be >= 1, got {self.output_dim}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+class LateFusionConfig(EncoderConfig):
+    """The baseline has nothing beyond the shared encoder settings."""
 
 
 class LateFusionModel(nn.Module):

@@ -11,7 +11,7 @@ from casd.kernels import StudentTMixture
 from casd.layers import CombinationEmbedding, ConfidenceMixture, StudentTHead
 from casd.modalities import MODALITIES, component_availability
 
-__all__ = ["ModelConfig", "CASDModel", "Prediction", "GAUSSIAN_NU"]
+__all__ = ["EncoderConfig", "ModelConfig", "CASDModel", "Prediction", "GAUSSIAN_NU"]
 
 # Degrees of freedom that make a Student-t component Gaussian for all practical purposes
 # (excess kurtosis 6/(nu-4) ~ 6e-4); used by the Gaussian-embedding ablation.
@@ -19,26 +19,20 @@ GAUSSIAN_NU = 1e4
 
 
 @dataclass
-class ModelConfig:
+class EncoderConfig:
+    """What every model on the per-modality encoders needs (CASD and the late-fusion baseline)."""
+
     feature_dims: tuple[int, int, int]
     output_dim: int = 1  # 1 for regression, the number of classes for classification
     hidden: int = 64
-    embed_dim: int = 32
     encoder_layers: int = 1
     heads: int = 4
     dropout: float = 0.1
-    nu_min: float = 2.0
-    nu_init: float = 5.0
-    tau: float = 1.0
-    weighting: str = "confidence"  # or "uniform" (ablation)
-    distribution: str = "student_t"  # or "gaussian" (ablation)
 
     def __post_init__(self) -> None:
         self.feature_dims = tuple(int(d) for d in self.feature_dims)
         if len(self.feature_dims) != len(MODALITIES) or min(self.feature_dims) < 1:
             raise ValueError(f"feature_dims must be three positive ints, got {self.feature_dims}")
-        if self.distribution not in ("student_t", "gaussian"):
-            raise ValueError(f"distribution must be 'student_t' or 'gaussian', got {self.distribution!r}")
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
         if self.output_dim < 1:
@@ -46,6 +40,21 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class ModelConfig(EncoderConfig):
+    embed_dim: int = 32
+    nu_min: float = 2.0
+    nu_init: float = 5.0
+    tau: float = 1.0
+    weighting: str = "confidence"  # or "uniform" (ablation)
+    distribution: str = "student_t"  # or "gaussian" (ablation)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.distribution not in ("student_t", "gaussian"):
+            raise ValueError(f"distribution must be 'student_t' or 'gaussian', got {self.distribution!r}")
 
 
 @dataclass

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from casd.kernels import BACKENDS, StudentTMixture
+from casd.kernels import BACKENDS
 from casd.layers import ConsistencyDistillationLoss, StudentTSampler
 from casd.model import CASDModel
 
