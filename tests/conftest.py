@@ -4,6 +4,7 @@ Without a GPU the Triton kernels run through Triton's interpreter, which must be
 before any kernel module is imported; this conftest is loaded first, so it decides here.
 """
 import os
+import random
 
 import pytest
 import torch
@@ -18,3 +19,24 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 def device() -> torch.device:
     """Where kernel tests run: the GPU when there is one, else the CPU (interpreter)."""
     return DEVICE
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    """Fresh random inputs on every run; the seed is printed so a failure can be replayed."""
+    seed = random.SystemRandom().randrange(2**31)
+    print(f"random inputs from seed {seed}")
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def poison_new_tensors(monkeypatch):
+    """Fill every float tensor from torch.empty / empty_like with NaN, so an output element a
+    kernel forgets to write shows up instead of passing as whatever memory held."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def poisoned(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: poisoned(real_empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poisoned(real_empty_like(*a, **k)))
