@@ -60,14 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", choices=("casd", "late_fusion"), default="casd",
                        help="late_fusion: the deterministic late-fusion baseline (same encoders, modality "
                        "dropout, no distributions/distillation); the CASD-only flags below are ignored")
-    model.add_argument("--hidden", type=int, default=ModelConfig.hidden)
+    model.add_argument("--hidden", type=int, default=ModelConfig.hidden, help="width H of the encoders")
     model.add_argument("--embed-dim", type=int, default=ModelConfig.embed_dim, help="D of the embeddings")
-    model.add_argument("--layers", type=int, default=ModelConfig.encoder_layers)
-    model.add_argument("--heads", type=int, default=ModelConfig.heads)
-    model.add_argument("--dropout", type=float, default=ModelConfig.dropout)
+    model.add_argument("--layers", type=int, default=ModelConfig.encoder_layers,
+                       help="Transformer layers per modality encoder")
+    model.add_argument("--heads", type=int, default=ModelConfig.heads, help="attention heads (must divide --hidden)")
+    model.add_argument("--dropout", type=float, default=ModelConfig.dropout, help="dropout probability")
     model.add_argument("--tau", type=float, default=ModelConfig.tau, help="confidence temperature")
-    model.add_argument("--weighting", choices=("confidence", "uniform"), default=ModelConfig.weighting)
-    model.add_argument("--distribution", choices=("student_t", "gaussian"), default=ModelConfig.distribution)
+    model.add_argument("--weighting", choices=("confidence", "uniform"), default=ModelConfig.weighting,
+                       help="component weights: by confidence, or uniform over the available ones (ablation)")
+    model.add_argument("--distribution", choices=("student_t", "gaussian"), default=ModelConfig.distribution,
+                       help="component family; gaussian fixes nu at 1e4 (ablation)")
     obj = p.add_argument_group("objective")
     obj.add_argument("--lambda-cd", type=float, default=ObjectiveConfig.lambda_cd,
                      help="weight of the consistency-distillation loss (0 disables it); the default was tuned "
@@ -80,14 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
                      "number of processes; batch: one seed per step and rank (lets --fused draw the noise "
                      "inside the kernel)")
     train = p.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    train.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="maximum epochs (early stopping may end sooner)")
     train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
                        help="global batch size (split over the processes under torchrun)")
-    train.add_argument("--lr", type=float, default=TrainConfig.lr)
-    train.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
-    train.add_argument("--patience", type=int, default=TrainConfig.patience)
-    train.add_argument("--seed", type=int, default=TrainConfig.seed)
-    train.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default=TrainConfig.amp)
+    train.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak AdamW learning rate (warm-up, then cosine)")
+    train.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay, help="AdamW weight decay")
+    train.add_argument("--patience", type=int, default=TrainConfig.patience,
+                       help="epochs without validation improvement before stopping")
+    train.add_argument("--seed", type=int, default=TrainConfig.seed, help="seed of every training random stream")
+    train.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default=TrainConfig.amp,
+                       help="autocast dtype; auto: bf16 on GPUs that support it, fp16 on older ones, off on CPU")
     train.add_argument("--missing-protocol", choices=("frame", "modality", "mixed"),
                        default=TrainConfig.missing_protocol, help="missingness of the student view in training")
     train.add_argument("--missing-rate", type=float, default=TrainConfig.missing_rate,
