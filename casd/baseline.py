@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from casd.encoders import ModalityEncoder
+from casd.encoders import ModalityEncoders
 from casd.modalities import MODALITIES, combination_membership, component_availability
 from casd.model import CASDModel, EncoderConfig, ModelConfig, Prediction
 from casd.objective import LossBreakdown, ObjectiveConfig, concat_views, task_loss
@@ -43,9 +43,8 @@ class LateFusionModel(nn.Module):
     def __init__(self, config: LateFusionConfig):
         super().__init__()
         self.config = config
-        self.encoders = nn.ModuleList(
-            ModalityEncoder(dim, config.hidden, config.encoder_layers, config.heads, config.dropout)
-            for dim in config.feature_dims
+        self.encoders = ModalityEncoders(
+            config.feature_dims, config.hidden, config.encoder_layers, config.heads, config.dropout
         )
         self.heads = nn.ModuleList(
             nn.Sequential(nn.Linear(config.hidden, config.hidden), nn.GELU(), nn.Dropout(config.dropout),
@@ -56,8 +55,8 @@ class LateFusionModel(nn.Module):
 
     def modality_outputs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[B, 3, O]: each modality's own prediction (computed for absent ones too, then masked)."""
-        return torch.stack([head(enc(batch[name], batch[f"{name}_lengths"]))
-                            for name, enc, head in zip(MODALITIES, self.encoders, self.heads)], dim=1)
+        vectors = self.encoders(batch)  # [B, 3, H]
+        return torch.stack([head(vectors[:, m]) for m, head in enumerate(self.heads)], dim=1)
 
     def fusion_weights(self, present: torch.Tensor) -> torch.Tensor:
         """[B, 3]: softmax of the learned logits over each sample's present modalities."""

@@ -6,7 +6,9 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["ModalityEncoder", "length_mask", "masked_mean"]
+from casd.modalities import MODALITIES
+
+__all__ = ["ModalityEncoder", "ModalityEncoders", "length_mask", "masked_mean"]
 
 
 def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -60,3 +62,18 @@ class ModalityEncoder(nn.Module):
         h = self.project(x) + sinusoidal_positions(x.shape[1], self.project[1].out_features, x.device)
         h = self.temporal(h, src_key_padding_mask=~attend)
         return self.norm(masked_mean(h, valid))
+
+
+class ModalityEncoders(nn.ModuleList):
+    """One ``ModalityEncoder`` per modality: batch dict -> [B, 3, H], one vector per modality.
+
+    A ModuleList, so its parameters keep the names ``encoders.<m>.*`` in checkpoints.
+    """
+
+    def __init__(self, feature_dims: tuple[int, ...], hidden: int, layers: int, heads: int, dropout: float):
+        super().__init__(ModalityEncoder(dim, hidden, layers, heads, dropout) for dim in feature_dims)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.stack(
+            [enc(batch[name], batch[f"{name}_lengths"]) for name, enc in zip(MODALITIES, self)], dim=1
+        )

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from casd.encoders import ModalityEncoder
+from casd.encoders import ModalityEncoders
 from casd.kernels import StudentTMixture
 from casd.layers import CombinationEmbedding, ConfidenceMixture, StudentTHead
 from casd.modalities import MODALITIES, component_availability
@@ -68,9 +68,8 @@ class CASDModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.encoders = nn.ModuleList(
-            ModalityEncoder(dim, config.hidden, config.encoder_layers, config.heads, config.dropout)
-            for dim in config.feature_dims
+        self.encoders = ModalityEncoders(
+            config.feature_dims, config.hidden, config.encoder_layers, config.heads, config.dropout
         )
         self.combine = CombinationEmbedding(config.hidden, config.dropout)
         self.head = StudentTHead(
@@ -90,10 +89,7 @@ class CASDModel(nn.Module):
 
     def modality_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[B, 3, H]: one utterance vector per modality."""
-        return torch.stack(
-            [enc(batch[name], batch[f"{name}_lengths"]) for name, enc in zip(MODALITIES, self.encoders)],
-            dim=1,
-        )
+        return self.encoders(batch)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> StudentTMixture:
         """The per-sample Student-t mixture p(z | x); absent combinations get weight zero."""
