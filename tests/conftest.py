@@ -40,3 +40,18 @@ def poison_new_tensors(monkeypatch):
 
     monkeypatch.setattr(torch, "empty", lambda *a, **k: poisoned(real_empty(*a, **k)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poisoned(real_empty_like(*a, **k)))
+
+
+@pytest.fixture
+def forbid_kernel_launch(monkeypatch):
+    """forbid_kernel_launch(module, name): any launch of that kernel fails the test, so a check
+    that must run before launching is shown to run before it."""
+
+    class NoLaunch:
+        def __getitem__(self, grid):
+            raise AssertionError("a kernel was launched")
+
+    def forbid(module, kernel_name: str) -> None:
+        monkeypatch.setattr(module, kernel_name, NoLaunch())
+
+    return forbid

@@ -158,14 +158,10 @@ def test_every_output_element_is_written(gen, device, poison_new_tensors):
         assert torch.isfinite(per_row).all() and all(torch.isfinite(g).all() for g in grads)
 
 
-def test_student_row_with_every_component_absent_raises_before_launch(gen, device, monkeypatch):
+def test_student_row_with_every_component_absent_raises_before_launch(gen, device, forbid_kernel_launch):
     import casd.kernels.consistency_distillation as module
 
-    class NoLaunch:
-        def __getitem__(self, grid):
-            raise AssertionError("a kernel was launched")
-
-    monkeypatch.setattr(module, "_consistency_forward_kernel", NoLaunch())
+    forbid_kernel_launch(module, "_consistency_forward_kernel")
     z, teacher, student, omega, w = random_problem(gen, 2, 3, 3, 4, device=device)
     student[3][1] = float("-inf")
     with pytest.raises(ValueError, match="student log_pi has a row where every component is absent"):

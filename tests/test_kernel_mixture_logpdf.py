@@ -231,14 +231,10 @@ def test_autocast_inputs_from_lower_precision_layers(gen, device):
     assert head.weight.grad is not None and torch.isfinite(head.weight.grad).all()
 
 
-def test_row_with_every_component_absent_raises_before_launch(gen, device, monkeypatch):
+def test_row_with_every_component_absent_raises_before_launch(gen, device, forbid_kernel_launch):
     import casd.kernels.mixture_logpdf as module
 
-    class NoLaunch:
-        def __getitem__(self, grid):
-            raise AssertionError("a kernel was launched")
-
-    monkeypatch.setattr(module, "_mixture_logpdf_forward_kernel", NoLaunch())
+    forbid_kernel_launch(module, "_mixture_logpdf_forward_kernel")
     z, mu, log_sigma, nu, log_pi = random_inputs(gen, 2, 3, 3, 4, device=device)
     log_pi[1] = float("-inf")
     with pytest.raises(ValueError, match="every component is absent"):
