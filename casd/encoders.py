@@ -1,4 +1,4 @@
-"""Per-modality temporal encoders (SPEC §2.1): projection, masked Transformer, masked mean pool."""
+"""Per-modality temporal encoders (formulation §2.1): projection, masked Transformer, masked mean pool."""
 from __future__ import annotations
 
 import math

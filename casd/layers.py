@@ -1,9 +1,9 @@
 """Drop-in CASD layers: any multimodal model that produces one vector per modality can use them.
 
-    h [B, M, H]                 -> CombinationEmbedding      g [B, K, H]          (SPEC §2.2)
-    g                           -> StudentTHead              mu, log_sigma, nu    (SPEC §2.3)
-    mu, log_sigma, nu, available -> ConfidenceMixture        StudentTMixture      (SPEC §3)
-    mixture                     -> StudentTSampler           z [B, K, S, D]       (SPEC §4)
+    h [B, M, H]                 -> CombinationEmbedding      g [B, K, H]          (formulation §2.2)
+    g                           -> StudentTHead              mu, log_sigma, nu    (formulation §2.3)
+    mu, log_sigma, nu, available -> ConfidenceMixture        StudentTMixture      (formulation §3)
+    mixture                     -> StudentTSampler           z [B, K, S, D]       (formulation §4)
     ConsistencyDistillationLoss(teacher, student, z_teacher) -> L_cd
 
 ``available`` [B, K] comes from the modality presence mask [B, M] through
@@ -146,7 +146,7 @@ class StudentTSampler(nn.Module):
 
 
 class ConsistencyDistillationLoss(nn.Module):
-    """L_cd of SPEC §4 from the teacher mixture, the student mixture and teacher samples.
+    """L_cd of formulation §4 from the teacher mixture, the student mixture and teacher samples.
 
     Point weights omega = pi^T_k / S and row weights w_b = B softmax_b(-ubar^T_b / tau) are
     computed from the detached teacher.

@@ -1,4 +1,4 @@
-"""Evaluation metrics with the semantics of MMSA's ``MMSA/utils/metricsTop.py`` (SPEC §7).
+"""Evaluation metrics with the semantics of MMSA's ``MMSA/utils/metricsTop.py`` (formulation §7).
 
 MMSA is the standard every multimodal sentiment paper compares against, so the decisions
 that change a number follow it exactly:

@@ -1,6 +1,6 @@
 """The three modalities and the seven modality combinations (mixture components).
 
-The component order is fixed by SPEC §1-2: {t},{a},{v},{t,a},{t,v},{a,v},{t,a,v}. Data,
+The component order is fixed by formulation §1-2: {t},{a},{v},{t,a},{t,v},{a,v},{t,a,v}. Data,
 model and evaluation all index components through this one table.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The CASD network (SPEC §2): encoders -> combination embeddings -> Student-t mixture -> predictor."""
+"""The CASD network (formulation §2): encoders -> combination embeddings -> Student-t mixture -> predictor."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

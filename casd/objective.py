@@ -1,4 +1,4 @@
-"""The CASD training objective (SPEC §4): teacher and student views as one 2B batch.
+"""The CASD training objective (formulation §4): teacher and student views as one 2B batch.
 
     L = L_task(teacher) + L_task(student) + lambda_cd * L_cd
 """

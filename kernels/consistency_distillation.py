@@ -1,4 +1,4 @@
-"""Fused ``consistency_distillation`` (SPEC §4, §5.3), Triton forward + backward.
+"""Fused ``consistency_distillation`` (formulation §4, §5.3), Triton forward + backward.
 
     per_row[b] = w_b * sum_p omega_bp * (log p_T(z_bp) - log p_S(z_bp)),   L_cd = mean_b per_row[b]
 

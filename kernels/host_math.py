@@ -1,4 +1,4 @@
-"""The O(B*K) Student-t mixture math that both backends share (SPEC §3, §4).
+"""The O(B*K) Student-t mixture math that both backends share (formulation §3, §4).
 
 Everything here is per (row, component), cheap, and needs special functions (lgamma,
 digamma) that Triton's interpreter cannot run, so it stays in PyTorch on the host side.

@@ -1,4 +1,4 @@
-"""Fused ``mixture_logpdf``: log p(z) of a Student-t mixture (SPEC §3, §5.1), Triton forward + backward.
+"""Fused ``mixture_logpdf``: log p(z) of a Student-t mixture (formulation §3, §5.1), Triton forward + backward.
 
     log p(z_p) = logsumexp_k(L_k + log_kernel_k(z_p)),   L_k = log pi_k + C_k,
     log_kernel_k(z) = -(nu_k + D)/2 * log1p(m_k(z) / nu_k),   m_k(z) = sum_j ((z_j - mu_kj) / sigma_kj)^2.
@@ -11,13 +11,13 @@ components, so z is read once and nothing of size B*P*K*D exists anywhere. On a 
 BLOCK_R is 1 unless rows are short; in the interpreter one program takes many rows,
 because there the cost is per interpreted op. The forward keeps an online logsumexp over components; the
 backward recomputes each component's responsibility r_k = exp(L_k + log_kernel_k - log p)
-from the saved [B, P] result and returns, per SPEC §5.1 with a_k = (nu_k + D)/(nu_k + m_k):
+from the saved [B, P] result and returns, per formulation §5.1 with a_k = (nu_k + D)/(nu_k + m_k):
 
     d/dz_j    = -sum_k r_k a_k (z_j - mu_kj) / sigma_kj^2
     d/dmu_kj  =  r_k a_k (z_j - mu_kj) / sigma_kj^2
     d/ds_kj   =  r_k (a_k (z_j - mu_kj)^2 / sigma_kj^2 - 1)       (the whole of it, see below)
     d/dnu_k   =  r_k (a_k m_k / nu_k - log1p(m_k / nu_k)) / 2     (+ r_k dC_k/dnu_k via autograd)
-                 [= r_k (-1/2 log q_k + (nu_k + D) m_k / (2 nu_k^2 q_k)), SPEC's form]
+                 [= r_k (-1/2 log q_k + (nu_k + D) m_k / (2 nu_k^2 q_k)), formulation's form]
     d/dL_k    =  r_k
 
 C_k contains -sum_j s_kj; ``mixture_log_coefficients`` takes log_sigma detached, and the
@@ -102,7 +102,7 @@ def _x_minus_log1p(x):
 
 @triton.jit
 def _log_kernel(log_q, nu, dim):
-    """The z-dependent part of log t_k: -(nu + D)/2 * log q, q = 1 + m / nu (SPEC §3)."""
+    """The z-dependent part of log t_k: -(nu + D)/2 * log q, q = 1 + m / nu (formulation §3)."""
     return -0.5 * (nu + dim) * log_q
 
 

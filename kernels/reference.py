@@ -1,4 +1,4 @@
-"""Plain PyTorch references for the three fused operations (SPEC §5).
+"""Plain PyTorch references for the three fused operations (formulation §5).
 
 These are the definitions: readable, differentiable by autograd, float64-capable. They
 materialise [B, P, K, D] intermediates, which is exactly what the Triton kernels avoid.

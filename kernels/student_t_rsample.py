@@ -1,4 +1,4 @@
-"""Fused ``student_t_rsample`` (SPEC §4, §5.2), Triton forward + backward.
+"""Fused ``student_t_rsample`` (formulation §4, §5.2), Triton forward + backward.
 
     z[b, k, s, :] = mu[b, k, :] + sigma[b, k, :] * eps[b, k, s, :] * w[b, k, s]
 

@@ -11,7 +11,7 @@ import pytest
 from casd.data.mmsa import SPLITS, split_from_mmsa
 from casd.data.synthetic import CLS_ID, SEP_ID, SyntheticConfig, generate_synthetic, main
 
-SPEC_KEYS = {"text", "text_bert", "audio", "vision", "audio_lengths", "vision_lengths",
+MMSA_KEYS = {"text", "text_bert", "audio", "vision", "audio_lengths", "vision_lengths",
              "regression_labels", "id", "raw_text"}
 MODALITY_NAMES = ("text", "audio", "vision")
 
@@ -60,7 +60,7 @@ def test_mmsa_format_and_sizes(raw, splits):
     assert set(raw) == set(SPLITS)
     for name in SPLITS:
         n = config.split_sizes[name]
-        assert SPEC_KEYS <= set(raw[name])
+        assert MMSA_KEYS <= set(raw[name])
         assert raw[name]["text"].shape == (n, config.text_len, config.text_dim)
         assert raw[name]["text_bert"].shape == (n, 3, config.text_len)
         assert raw[name]["audio"].shape == (n, config.audio_len, config.audio_dim)

@@ -2,7 +2,7 @@
 
 Fresh random teacher/student mixtures each run (seed printed): a complete teacher, a
 student with absent components, teacher-like points, point weights omega that sum to one
-per row and row weights w with mean one, as in SPEC §4. The per-row terms are differences
+per row and row weights w with mean one, as in formulation §4. The per-row terms are differences
 of two log densities, so their float32 error is measured against the size of what is
 subtracted, w_b sum_p omega_bp (|log p_T| + |log p_S|): 1e-5 of it (1e-10 in float64).
 Gradients (student only) normwise 1e-4 (1e-9 in float64).

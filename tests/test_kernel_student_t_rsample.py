@@ -5,7 +5,7 @@ Given the same eps the kernel must reproduce ``student_t_rsample_reference`` up 
 last-ulp differences of exp implementations, with the same gradients. With a seed, the
 noise comes from Triton's Philox stream: repeatable bit for bit, different across seeds,
 regenerated identically in the backward, and standard normal. Together with
-``gamma_scales`` the draws must follow the D-variate Student-t of SPEC §3 (one gamma scale
+``gamma_scales`` the draws must follow the D-variate Student-t of formulation §3 (one gamma scale
 shared by all D coordinates), checked with fixed seeds so the statistical tests cannot
 flake.
 """

@@ -1,7 +1,7 @@
 """kernels/reference.py (the definitions) and the input validation of kernels/ops.py.
 
 The references are checked against independent float64 computations (torch.distributions,
-scipy), by gradcheck, against the closed-form gradients of SPEC §5 that the Triton backward
+scipy), by gradcheck, against the closed-form gradients of formulation §5 that the Triton backward
 implements, and by sampling: draws from gamma_scales + student_t_rsample must have the
 moments, marginals and shared-scale dependence of the D-variate Student-t.
 """
@@ -93,7 +93,7 @@ def test_mixture_logpdf_gradcheck_all_inputs_with_absent_components():
 
 
 def test_mixture_logpdf_gradients_match_the_spec_closed_forms():
-    """SPEC §5's analytic gradients (what the Triton backward computes) equal autograd's."""
+    """formulation §5's analytic gradients (what the Triton backward computes) equal autograd's."""
     gen = torch.Generator().manual_seed(2)
     batch, points, components, dim = 2, 5, 4, 3
     params = _mixture(gen, batch, components, dim)

@@ -1,4 +1,4 @@
-"""Missing-modality protocols (SPEC §1): fixed evaluation conditions and training-time views.
+"""Missing-modality protocols (formulation §1): fixed evaluation conditions and training-time views.
 
 Evaluation (numpy, on a whole `Split`), the two standard protocols:
 
@@ -166,7 +166,7 @@ def draw_kept_modalities(present: torch.Tensor, drop_rate: float,
 
 @dataclass(frozen=True)
 class TrainingMissingness:
-    """Training-time student view: random missingness per sample (SPEC §4).
+    """Training-time student view: random missingness per sample (formulation §4).
 
     protocol "frame": per-sample rate r_b ~ U(0, rate), each valid frame dropped with prob r_b
     (text first/last kept); "modality": each present modality dropped with prob `rate`, at

@@ -1,4 +1,4 @@
-"""A seeded synthetic data set in MMSA format, with planted structure (SPEC §6).
+"""A seeded synthetic data set in MMSA format, with planted structure (formulation §6).
 
 Generative story (equations in docs/data.md). Per sample i:
 
@@ -14,7 +14,7 @@ Generative story (equations in docs/data.md). Per sample i:
   SNR is low) and mean pooling keeps only its sin part, which a per-speaker offset b confounds;
   the text's first and last valid positions are [CLS]/[SEP] vectors with no signal.
 
-The result is a raw MMSA dict (train/valid/test with every key of SPEC §6), so it goes
+The result is a raw MMSA dict (train/valid/test with every key of formulation §6), so it goes
 through the same `split_from_mmsa` path as real files. Two synthetic-only keys ride along for
 analysis: `latent_sentiment` [N] and `noise_scale` [N, 3] (sigma_im); loaders ignore them.
 """
