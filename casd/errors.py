@@ -1,0 +1,32 @@
+"""Failures the user can fix: each reaches the command line as one line and exit status 2.
+
+Anything else that escapes a command is a bug in casd and keeps its traceback. The entry
+points (train, predict, study) catch ``UserError`` once, at the top, print
+``<program>: error: <message>`` and exit with ``UserError.exit_code``; messages therefore
+name the file, split, key or flag at fault and say what would be accepted.
+"""
+from __future__ import annotations
+
+__all__ = ["UserError", "DataError", "ConfigError", "CheckpointError", "OutputError"]
+
+
+class UserError(Exception):
+    """A failure caused by the input, flags or files the user gave (exit status 2)."""
+
+    exit_code = 2
+
+
+class DataError(UserError):
+    """A data file, split, key or value that cannot be used (unsafe, corrupt, inconsistent)."""
+
+
+class ConfigError(UserError):
+    """A flag or configuration value outside its valid range."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, unreadable, or from an incompatible run."""
+
+
+class OutputError(UserError):
+    """An output folder that cannot be written, or that would overwrite a finished run."""
