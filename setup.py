@@ -13,8 +13,9 @@ setup(
         "missing modalities, with fused Triton kernels"
     ),
     python_requires=">=3.10",
-    packages=["casd", "casd.data", "casd.kernels"],
-    package_dir={"casd": "casd", "casd.data": "casd/data", "casd.kernels": "kernels"},
+    packages=["casd", "casd.data", "casd.kernels", "casd.kernels.fused"],
+    package_dir={"casd": "casd", "casd.data": "casd/data", "casd.kernels": "kernels",
+                 "casd.kernels.fused": "kernels/fused"},
     install_requires=[
         "torch>=2.4",
         "triton>=3.0",

@@ -14,6 +14,7 @@ __all__ = [
     "OPS",
     "MODES",
     "PROVIDERS",
+    "FUSED_PROVIDERS",
     "E2E_PROVIDERS",
     "TARGET_SHAPE",
     "SWEEPS",
@@ -28,7 +29,11 @@ __all__ = [
 
 OPS = ("mixture_logpdf", "student_t_rsample", "consistency_distillation")
 MODES = ("fwd", "fwd+bwd")
-PROVIDERS = ("eager", "compile", "triton")  # reference eager, torch.compile(reference), fused kernels
+# The five paths side by side: the reference in eager PyTorch and under torch.compile; the
+# fused op (backend="triton") eagerly, under torch.compile(fullgraph=True), and replayed from
+# a CUDA graph (GPU only).
+FUSED_PROVIDERS = ("triton", "triton-compile", "triton-graph")
+PROVIDERS = ("eager", "compile") + FUSED_PROVIDERS
 E2E_PROVIDERS = ("reference", "fused")  # ObjectiveConfig(backend="torch") vs backend="triton"
 
 # The shape the performance targets are stated at (docs/performance.md).

@@ -236,3 +236,18 @@ def pytest_report_header(config):
     if profile_dir:
         lines.append(f"casd benchmarks: torch.profiler traces -> {profile_dir}")
     return lines
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The launches/syncs table (benchmarks/test_bench_counts.py), after pytest-benchmark's tables."""
+    try:
+        from benchmarks.test_bench_counts import RESULTS, counts_table
+    except ImportError:
+        return
+    if not RESULTS:
+        return
+    mode = "compiled on CUDA" if DEVICE.type == "cuda" else "through Triton's CPU interpreter (counts are the same)"
+    terminalreporter.write_sep("-", "casd: device operations / Triton launches / host syncs per call")
+    terminalreporter.write_line(f"(fused kernels {mode}; OpCounter, kernels/op_count.py)")
+    for line in counts_table(RESULTS):
+        terminalreporter.write_line(line)

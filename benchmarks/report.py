@@ -16,9 +16,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.cases import MODES, OPS, TARGET_SHAPE
+from benchmarks.cases import FUSED_PROVIDERS, MODES, OPS, PROVIDERS, TARGET_SHAPE
 
-__all__ = ["load_records", "render_markdown", "plot_speedups", "Targets", "main"]
+__all__ = ["load_records", "render_markdown", "plot_speedups", "counts_table", "Targets", "main"]
 
 
 @dataclass(frozen=True)
@@ -100,37 +100,70 @@ def op_tables(records: list[dict], timing: str) -> list[str]:
         mine = {key: providers for key, providers in groups.items() if key[0] == op}
         if not mine:
             continue
-        lines += ["", f"### {op}", "", f"Time per call in ms ({timing}); speed-up = baseline / triton.", ""]
+        lines += ["", f"### {op}", "", f"Time per call in ms ({timing}); speed-up = baseline / fused. "
+                  "triton: the fused op eagerly; triton-compile: under torch.compile(fullgraph=True); "
+                  "triton-graph: replayed from a CUDA graph.", ""]
         rows = []
         for (_, mode, dtype, shape), p in mine.items():
-            t = {name: _time_ms(p[name], timing) if name in p else None for name in ("eager", "compile", "triton")}
+            t = {name: _time_ms(p[name], timing) if name in p else None for name in PROVIDERS}
+            fused = [t[n] for n in FUSED_PROVIDERS if t[n] is not None]
+            best = min(fused) if fused else None
             rows.append([
-                mode, dtype, shape, _fmt(t["eager"]), _fmt(t["compile"]), _fmt(t["triton"]),
+                mode, dtype, shape, *(_fmt(t[n]) for n in PROVIDERS),
                 _fmt(_ratio(t["eager"], t["triton"]), ".2f", "x"),
                 _fmt(_ratio(t["compile"], t["triton"]), ".2f", "x"),
+                _fmt(_ratio(t["compile"], best), ".2f", "x"),
                 _fmt(_ratio(t["eager"], t["compile"]), ".2f", "x"),
             ])
-        lines += _table(["mode", "dtype", "shape", "eager", "compile", "triton",
-                         "triton vs eager", "triton vs compile", "compile vs eager"], rows)
+        lines += _table(["mode", "dtype", "shape", *PROVIDERS, "triton vs eager", "triton vs compile",
+                         "best fused vs compile", "compile vs eager"], rows)
         lines += ["", "Peak extra memory in MB (ratio = baseline / triton), achieved bandwidth of the "
                       "ideal single pass as % of the measured copy bandwidth, first-call seconds.", ""]
         rows = []
         for (_, mode, dtype, shape), p in mine.items():
             mem = {name: p[name].get("peak_extra_bytes") if name in p else None for name in ("eager", "compile", "triton")}
-            bw = {name: p[name].get("bandwidth_fraction") if name in p else None for name in ("eager", "compile", "triton")}
-            first = {name: p[name].get("first_call_s") if name in p else None for name in ("compile", "triton")}
+            bw = {name: p[name].get("bandwidth_fraction") if name in p else None for name in PROVIDERS}
+            first = {name: p[name].get("first_call_s") if name in p else None for name in PROVIDERS}
             rows.append([
                 mode, dtype, shape,
                 " / ".join(_mb(mem[n]) for n in ("eager", "compile", "triton")),
                 _fmt(_ratio(mem["eager"], mem["triton"]), ".1f", "x"),
                 _fmt(_ratio(mem["compile"], mem["triton"]), ".1f", "x"),
-                " / ".join(_fmt(None if bw[n] is None else 100 * bw[n], ".0f", "%") for n in ("eager", "compile", "triton")),
-                _fmt(first["compile"], ".1f"), _fmt(first["triton"], ".2f"),
+                " / ".join(_fmt(None if bw[n] is None else 100 * bw[n], ".0f", "%") for n in PROVIDERS),
+                _fmt(first["compile"], ".1f"), _fmt(first["triton"], ".2f"), _fmt(first["triton-compile"], ".1f"),
             ])
         lines += _table(["mode", "dtype", "shape", "peak MB eager / compile / triton", "mem eager/triton",
-                         "mem compile/triton", "bandwidth eager / compile / triton", "compile s",
-                         "triton first call s"], rows)
+                         "mem compile/triton", "bandwidth " + " / ".join(PROVIDERS), "compile s",
+                         "triton first call s", "triton-compile s"], rows)
     return lines
+
+
+# --- launches and syncs --------------------------------------------------------------------------
+
+def counts_table(rows: list[dict]) -> list[str]:
+    """Markdown: one line per (what, direction), reference and fused side by side."""
+    cells: dict[tuple[str, str], dict[str, dict]] = {}
+    for r in rows:
+        cells.setdefault((r["what"], r["direction"]), {})[r["provider"]] = r
+
+    def fmt(r):
+        return "–" if r is None else f"{r['device_ops']} ops / {r['triton_launches']} launches / {r['host_syncs']} syncs"
+
+    lines = ["| call | direction | reference | fused (backend=\"triton\") |", "|---|---|---|---|"]
+    for (what, direction), by in cells.items():
+        lines.append(f"| {what} | {direction} | {fmt(by.get('reference'))} | {fmt(by.get('fused'))} |")
+    return lines
+
+
+def counts_lines(records: list[dict]) -> list[str]:
+    """The launches/syncs table of benchmarks/test_bench_counts.py, from the JSON."""
+    rows = [row for r in records if r["kind"] == "counts" for row in r.get("rows", [])]
+    if not rows:
+        return []
+    modes = sorted({r.get("triton_mode", "?") for r in records if r["kind"] == "counts"})
+    return ["", "## Device operations / Triton launches / host syncs per call", "",
+            f"Counted with `casd.kernels.op_count.OpCounter` (fused kernels {', '.join(modes)}; the "
+            "counts do not depend on shape or device).", ""] + counts_table(rows)
 
 
 # --- end to end ----------------------------------------------------------------------------------
@@ -236,6 +269,7 @@ def render_markdown(records: list[dict], runs: list[dict], timing: str, targets:
     lines = ["# CASD benchmark summary"]
     lines += run_lines(runs)
     lines += targets_table(records, runs, targets, timing)
+    lines += counts_lines(records)
     lines += e2e_table(records, targets)
     if not short:
         lines += ["", "## Operations"]

@@ -1,10 +1,11 @@
-"""The three fused operations, three providers side by side: eager reference, torch.compile of
-the reference, and the Triton kernels; forward and forward + backward.
+"""The three fused operations, five providers side by side, forward and forward + backward:
+the reference eagerly (``eager``) and under torch.compile (``compile``); the fused op
+eagerly (``triton``), under torch.compile(fullgraph=True) (``triton-compile``) and replayed
+from a captured CUDA graph (``triton-graph``, GPU only).
 
-Every provider gets the same validated inputs and computes the same thing. The references come
-from ``casd.kernels.reference``; the fused provider calls the Triton launchers that the public
-``backend="triton"`` entry points dispatch to, so neither side pays the public API's input
-validation (the end-to-end benchmark does, on both sides).
+Every provider gets the same inputs and computes the same thing. The references come from
+``casd.kernels.reference``; the fused providers call the public entry points with
+``backend="triton"`` (their input checks read only metadata: no sync, nothing to exclude).
 
 Per case, ``extra_info`` holds: the first call's time (compile or JIT included), the device
 time per call (CUDA events over back-to-back calls), the ideal single-pass bytes and the
@@ -22,11 +23,14 @@ import torch
 
 from casd.kernels import (
     confidence_log_weights,
+    consistency_distillation,
     consistency_distillation_reference,
     gamma_scales,
+    mixture_logpdf,
     mixture_logpdf_reference,
     mixture_uncertainty,
     row_weights,
+    student_t_rsample,
     student_t_rsample_reference,
     uncertainty,
 )
@@ -130,27 +134,30 @@ REFERENCES: dict[str, Callable] = {
 }
 
 
-def _triton(op: str, device: torch.device) -> Callable:
-    from casd.kernels import runtime
-
-    launchers = runtime.triton_ops(device)
+def fused(op: str, device: torch.device) -> Callable:
+    """The public op with backend="triton", in the flat signature of its reference."""
     if op == "mixture_logpdf":
-        return launchers.mixture_logpdf_triton
+        return lambda *args: mixture_logpdf(*args, backend="triton")
     if op == "student_t_rsample":
-        return lambda mu, log_sigma, w: launchers.student_t_rsample_triton(mu, log_sigma, w, RSAMPLE_SEED)
-    cd = launchers.consistency_distillation_triton
-    return lambda z, tm, tl, tn, tp, sm, sl, sn, sp, omega, w: cd(z, (tm, tl, tn, tp), (sm, sl, sn, sp), omega, w)
+        key = torch.tensor(RSAMPLE_SEED, device=device)  # a device tensor: no fill per call, graph-safe
+        return lambda mu, log_sigma, scales: student_t_rsample(mu, log_sigma, scales, key, backend="triton")
+    return lambda z, tm, tl, tn, tp, sm, sl, sn, sp, omega, w: consistency_distillation(
+        z, (tm, tl, tn, tp), (sm, sl, sn, sp), omega, w, backend="triton"
+    )
 
 
 def provider_fn(case: OpCase, device: torch.device) -> Callable:
     if case.provider == "eager":
         return REFERENCES[case.op]
+    # A fresh Dynamo state per compiled case: no recompile limit is hit across the sweep, and
+    # the first call below measures this graph's whole compile.
     if case.provider == "compile":
-        # A fresh Dynamo state per case: no recompile limit is hit across the sweep, and the
-        # first call below measures this graph's whole compile.
         torch._dynamo.reset()
         return torch.compile(REFERENCES[case.op])
-    return _triton(case.op, device)
+    if case.provider == "triton-compile":
+        torch._dynamo.reset()
+        return torch.compile(fused(case.op, device), fullgraph=True)
+    return fused(case.op, device)  # "triton", and "triton-graph" before its capture
 
 
 @dataclass
@@ -179,9 +186,36 @@ class OpRunner:
 
 # --- the benchmark ---------------------------------------------------------------------------
 
+@dataclass
+class GraphRunner:
+    """An ``OpRunner`` call on input set 0, captured once into a CUDA graph and replayed: the
+    launch overhead of everything in the call is gone, only device work remains."""
+
+    inner: OpRunner
+    graph: torch.cuda.CUDAGraph | None = None
+
+    def capture(self) -> None:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up off the capture stream, as CUDA graphs require
+            for _ in range(3):
+                self.inner(0)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.inner(0)
+
+    def __call__(self, i: int) -> None:
+        if self.graph is None:
+            self.capture()
+        self.graph.replay()
+
+
 def _skip_reason(case: OpCase, env) -> str | None:
-    if case.provider == "triton" and env.triton_reason:
+    if case.provider.startswith("triton") and env.triton_reason:
         return env.triton_reason
+    if case.provider == "triton-graph" and env.device.type != "cuda":
+        return "CUDA graphs need a GPU"
     if case.dtype == "bf16" and env.device.type != "cuda":
         return "bf16 is measured on a GPU only (CPU bf16 timings say nothing about the GPU path)"
     return None
@@ -201,9 +235,11 @@ def test_op(benchmark, op_case: OpCase, bench_env):
         sets = [first] + [make_inputs(case.op, case.shape, dtype, device, s, backward) for s in range(1, n_sets)]
     except torch.cuda.OutOfMemoryError:
         pytest.skip(f"out of GPU memory building the inputs of {case.shape.id} {case.dtype}")
-    if case.provider == "compile":
+    if case.provider.endswith("compile"):
         env.compile_startup()
     runner = OpRunner(provider_fn(case, device), sets, backward)
+    if case.provider == "triton-graph":
+        runner = GraphRunner(runner)
 
     # First call: compile (torch.compile) or JIT (Triton) included; reported, never timed.
     synchronize(device)
@@ -214,7 +250,7 @@ def test_op(benchmark, op_case: OpCase, bench_env):
     except torch.cuda.OutOfMemoryError:
         pytest.skip(f"out of GPU memory running {case.provider} at {case.shape.id} {case.dtype}")
     except Exception as exc:
-        if case.provider != "compile":
+        if case.provider != "compile":  # the fused op must compile; a failure is a bug
             raise
         pytest.skip(f"torch.compile failed here: {type(exc).__name__}: {str(exc)[:200]}")
     first_call_s = time.perf_counter() - started
@@ -260,7 +296,7 @@ def test_op(benchmark, op_case: OpCase, bench_env):
         input_sets=n_sets,
         first_call_s=first_call_s,
         compile_s=max(0.0, first_call_s - wall_median_ms * 1e-3) if case.provider != "eager" else None,
-        inductor_startup_s=env.inductor_startup_s if case.provider == "compile" else None,
+        inductor_startup_s=env.inductor_startup_s if case.provider.endswith("compile") else None,
         device_ms=device_ms,
         device_ms_source="cuda_events" if device.type == "cuda" else "wall_median",
         ideal_bytes=moved,

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from casd.kernels import StudentTMixture, gamma_scales, student_t_rsample_with_noise
+from casd.kernels import StudentTMixture
 from casd.layers import ConsistencyDistillationLoss, StudentTSampler
 
 __all__ = ["DistContext", "init_distributed", "shutdown_distributed", "loss_scale", "row_keys",
@@ -155,13 +155,12 @@ def row_keys(epoch_seed: int, view: int, sample_index: torch.Tensor | np.ndarray
 
 
 class RowKeyedSampler(StudentTSampler):
-    """``StudentTSampler`` whose noise for row b comes from a generator seeded with ``row_keys[b]``.
+    """``StudentTSampler`` whose draws for row b come from the key ``row_keys[b]`` alone.
 
     The draws of a row depend on its key and its own parameters only, never on which other
     rows share the batch, so a sample gets the same noise in a 1-process and an N-process run.
-    The caller sets ``row_keys`` (one int per row of the 2B batch) before every forward.
-    Gamma scales come from ``gamma_scales`` (torch's reparameterised gamma) with the device's
-    default generator reseeded to the row's key, and restored afterwards.
+    The caller sets ``row_keys`` (one int per row of the 2B batch) before every forward; the
+    keyed sampling itself is ``StudentTSampler.forward(mixture, row_keys)``.
     """
 
     def __init__(self, num_samples: int, backend: str = "torch"):
@@ -169,26 +168,13 @@ class RowKeyedSampler(StudentTSampler):
         self.row_keys: list[int] | None = None
 
     def forward(self, mixture: StudentTMixture) -> torch.Tensor:
-        mu, log_sigma, nu = mixture.mu, mixture.log_sigma, mixture.nu
-        rows, components, dim = mu.shape
+        rows = mixture.mu.shape[0]
         keys, self.row_keys = self.row_keys, None  # one use per step: a stale key is an error
         if keys is None or len(keys) != rows:
             raise RuntimeError(f"RowKeyedSampler needs {rows} row keys set before the forward, "
                                f"got {None if keys is None else len(keys)}")
-        # Reseeding only this device's default generator costs ~1 us (torch.manual_seed ~100 us).
-        generator = (torch.cuda.default_generators[mu.device.index or 0] if mu.device.type == "cuda"
-                     else torch.default_generator)
-        saved = generator.get_state()
-        eps, scales = [], []
-        try:
-            for row, key in enumerate(keys):
-                generator.manual_seed(key)
-                # eps first: its stream use is fixed, so gamma's rejection loop cannot shift it.
-                eps.append(torch.randn((1, components, self.num_samples, dim), device=mu.device, dtype=mu.dtype))
-                scales.append(gamma_scales(nu[row:row + 1], self.num_samples))
-        finally:
-            generator.set_state(saved)  # the global stream (dropout, ...) is left untouched
-        return student_t_rsample_with_noise(mu, log_sigma, torch.cat(scales), torch.cat(eps), backend=self.backend)
+        keys = torch.tensor(keys, dtype=torch.int64).to(mixture.mu.device, non_blocking=True)
+        return super().forward(mixture, row_keys=keys)
 
 
 class GlobalBatchDistillation(ConsistencyDistillationLoss):

@@ -9,6 +9,11 @@
 ``available`` [B, K] comes from the modality presence mask [B, M] through
 ``casd.modalities.component_availability``. Each layer with heavy work takes ``backend``
 ("torch" or "triton") and calls ``casd.kernels``.
+
+The forward passes never read tensor values on the host (no ``.item()``, no
+``bool(tensor)``): they run inside ``torch.compile(fullgraph=True)`` and CUDA graphs, and
+with ``backend="triton"`` each fused operation is one kernel launch each way. Value checks
+are opt-in (``ConfidenceMixture(validate=True)``).
 """
 from __future__ import annotations
 
@@ -22,7 +27,11 @@ from casd.kernels import (
     check_some_component_available,
     confidence_log_weights,
     consistency_distillation,
+    gamma_scales,
+    keyed_gamma_scales,
+    random_key,
     row_weights,
+    student_t_rsample,
     uncertainty,
 )
 from casd.modalities import NUM_COMPONENTS, combination_membership
@@ -106,9 +115,11 @@ class ConfidenceMixture(nn.Module):
     """Weights components by confidence: log pi = log_softmax(-u / tau) over available ones.
 
     ``weighting="uniform"`` gives every available component the same weight (ablation).
+    A row with no available component gets NaN weights (and so a NaN loss, which the
+    trainer skips); ``validate=True`` raises instead, at the cost of one host sync per call.
     """
 
-    def __init__(self, tau: float = 1.0, weighting: str = "confidence"):
+    def __init__(self, tau: float = 1.0, weighting: str = "confidence", validate: bool = False):
         super().__init__()
         if weighting not in ("confidence", "uniform"):
             raise ValueError(f"weighting must be 'confidence' or 'uniform', got {weighting!r}")
@@ -116,22 +127,36 @@ class ConfidenceMixture(nn.Module):
             raise ValueError(f"tau must be positive, got {tau}")
         self.tau = tau
         self.weighting = weighting
+        self.validate = validate
 
     def forward(
         self, mu: torch.Tensor, log_sigma: torch.Tensor, nu: torch.Tensor, available: torch.Tensor
     ) -> StudentTMixture:
         if self.weighting == "uniform":
-            check_some_component_available(available)
+            if self.validate:
+                check_some_component_available(available)
             logits = torch.zeros_like(nu).masked_fill(~available, float("-inf"))
             log_pi = torch.log_softmax(logits, dim=-1)
         else:
-            log_pi = confidence_log_weights(uncertainty(nu, log_sigma), available, self.tau)
+            log_pi = confidence_log_weights(uncertainty(nu, log_sigma), available, self.tau, validate=self.validate)
         return StudentTMixture(mu, log_sigma, nu, log_pi)
 
 
 class StudentTSampler(nn.Module):
-    """S reparameterised draws per component; the noise seed comes from torch's default generator,
-    so ``torch.manual_seed`` makes training reproducible on either backend."""
+    """S reparameterised draws per component: z = mu + sigma * eps * w, [B, K, S, D] (formulation §4).
+
+    ``forward(mixture)`` draws a fresh 64-bit key on the device from torch's generator for the
+    Gaussian noise, and the Gamma scales w from torch's generator too: ``torch.manual_seed``
+    makes training reproducible, nothing is read on the host, and a captured CUDA graph draws
+    new noise on every replay. Both backends draw the same noise for the same key.
+
+    ``forward(mixture, row_keys)`` with an int64 tensor of one key per row [B] draws every
+    random number of row b (noise and Gamma scales) from row_keys[b] alone, whatever else is
+    in the batch: a sample keyed by (epoch, view, index) draws the same numbers on whichever
+    process holds it (distributed training, ``--noise sample``). With ``backend="triton"``
+    that is two launches for the whole batch (the Gamma draws, then the sampler) and the
+    noise is never stored.
+    """
 
     def __init__(self, num_samples: int, backend: str = "torch"):
         super().__init__()
@@ -140,9 +165,20 @@ class StudentTSampler(nn.Module):
         self.num_samples = num_samples
         self.backend = backend
 
-    def forward(self, mixture: StudentTMixture) -> torch.Tensor:
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-        return mixture.rsample(self.num_samples, seed, backend=self.backend)
+    def forward(self, mixture: StudentTMixture, row_keys: torch.Tensor | None = None) -> torch.Tensor:
+        if row_keys is None:
+            key = random_key(mixture.mu.device)
+            scales = gamma_scales(mixture.nu, self.num_samples)
+        else:
+            rows = mixture.mu.shape[0]
+            if row_keys.dtype != torch.int64 or row_keys.shape != (rows,):
+                raise ValueError(
+                    f"row_keys must be an int64 tensor of one key per row [{rows}], "
+                    f"got {row_keys.dtype} {list(row_keys.shape)}"
+                )
+            key = row_keys
+            scales = keyed_gamma_scales(mixture.nu, self.num_samples, key, backend=self.backend)
+        return student_t_rsample(mixture.mu, mixture.log_sigma, scales, key, backend=self.backend)
 
 
 class ConsistencyDistillationLoss(nn.Module):
@@ -165,9 +201,9 @@ class ConsistencyDistillationLoss(nn.Module):
         teacher = teacher.detach()
         batch, components, samples, dim = teacher_samples.shape
         points = teacher_samples.detach().reshape(batch, components * samples, dim)
-        omega = (teacher.weights / samples).repeat_interleave(samples, dim=1)
-        w = row_weights(teacher.mean_uncertainty(), self.tau)
+        omega = (teacher.weights / samples).unsqueeze(-1).expand(batch, components, samples).reshape(batch, -1)
+        weights = row_weights(teacher.mean_uncertainty(), self.tau)
         loss, _ = consistency_distillation(
-            points, teacher.params, student.params, omega, w, backend=self.backend
+            points, teacher.params, student.params, omega, weights, backend=self.backend
         )
         return loss

@@ -80,8 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     obj.add_argument("--fused", action="store_true", help="run sampling and distillation with the Triton kernels")
     obj.add_argument("--noise", choices=("sample", "batch"), default=TrainConfig.noise,
                      help="sample: each sample's noise keyed by (epoch, view, sample index), identical for any "
-                     "number of processes; batch: one seed per step and rank (lets --fused draw the noise "
-                     "inside the kernel)")
+                     "number of processes; batch: one random key per step and rank")
     train = p.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="maximum epochs (early stopping may end sooner)")
     train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,

@@ -59,10 +59,11 @@ class TrainConfig:
     eval_batch_size: int = 256
     max_bad_steps: int = 20  # non-finite losses tolerated (skipped) before the run is aborted
     progress: bool = True
-    # Reparameterisation noise: "batch" draws one seed per step (per rank under torchrun) from
-    # the run's seeded generator, so --fused generates eps inside the kernel and never stores
-    # it. "sample" keys each sample's draws by (epoch seed, view, sample index): results then do
-    # not depend on the number of processes, at the cost of drawing eps per row on the host.
+    # Reparameterisation noise: "batch" draws one 64-bit key per step (per rank under torchrun)
+    # on the device from the run's seeded generator. "sample" keys each sample's draws by (epoch
+    # seed, view, sample index): results then do not depend on the number of processes. Either
+    # way the draws are made for the whole batch at once (--fused: inside the kernels, eps never
+    # stored).
     noise: str = "batch"
 
     def __post_init__(self) -> None:

@@ -3,6 +3,7 @@
 Installed as ``casd.kernels`` (the source folder is ``kernels/`` at the repository root).
 Depends only on torch and triton; nothing here imports the model.
 """
+from . import custom_ops  # noqa: F401  (registers torch.ops.casd.*)
 from .distribution import StudentTMixture
 from .host_math import (
     check_some_component_available,
@@ -12,16 +13,20 @@ from .host_math import (
     log_normaliser,
     mixture_uncertainty,
     row_weights,
+    scales_from_gamma,
     uncertainty,
 )
 from .ops import (
     BACKENDS,
     consistency_distillation,
+    keyed_gamma_scales,
     mixture_logpdf,
     student_t_rsample,
     student_t_rsample_with_noise,
 )
+from .philox import random_key
 from .reference import (
+    Mixture,
     consistency_distillation_reference,
     mixture_logpdf_reference,
     student_t_rsample_reference,
@@ -31,6 +36,7 @@ from .runtime import BackendUnavailableError, interpreter_enabled, triton_availa
 __all__ = [
     "BACKENDS",
     "BackendUnavailableError",
+    "Mixture",
     "StudentTMixture",
     "check_some_component_available",
     "confidence_log_weights",
@@ -39,11 +45,14 @@ __all__ = [
     "entropy",
     "gamma_scales",
     "interpreter_enabled",
+    "keyed_gamma_scales",
     "log_normaliser",
     "mixture_logpdf",
     "mixture_logpdf_reference",
     "mixture_uncertainty",
+    "random_key",
     "row_weights",
+    "scales_from_gamma",
     "student_t_rsample",
     "student_t_rsample_reference",
     "student_t_rsample_with_noise",

@@ -12,6 +12,7 @@ import torch
 
 from . import host_math
 from .ops import mixture_logpdf, student_t_rsample
+from .reference import Mixture
 
 __all__ = ["StudentTMixture"]
 
@@ -26,7 +27,7 @@ class StudentTMixture:
     log_pi: torch.Tensor
 
     @property
-    def params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def params(self) -> Mixture:
         return self.mu, self.log_sigma, self.nu, self.log_pi
 
     @property
@@ -50,11 +51,16 @@ class StudentTMixture:
         """ubar = sum_k pi_k u_k, the per-row confidence score (lower is more confident)."""
         return host_math.mixture_uncertainty(self.log_pi, self.component_uncertainty())
 
-    def log_prob(self, z: torch.Tensor, backend: str = "torch") -> torch.Tensor:
+    def log_prob(self, z: torch.Tensor, backend: str = "torch", validate: bool = False) -> torch.Tensor:
         """log p(z) for points z [B,P,D] -> [B,P]."""
-        return mixture_logpdf(z, *self.params, backend=backend)
+        return mixture_logpdf(z, *self.params, backend=backend, validate=validate)
 
-    def rsample(self, num_samples: int, seed: int, backend: str = "torch") -> torch.Tensor:
-        """Reparameterised draws from every component: [B,K,S,D] (gradients to mu, sigma, nu)."""
-        w = host_math.gamma_scales(self.nu, num_samples)
-        return student_t_rsample(self.mu, self.log_sigma, w, seed, backend=backend)
+    def rsample(self, num_samples: int, seed: torch.Tensor | int, backend: str = "torch") -> torch.Tensor:
+        """Reparameterised draws from every component: [B,K,S,D] (gradients to mu, sigma, nu).
+
+        The Gamma scales come from torch's default generator; the Gaussian noise is keyed by
+        ``seed`` (an int, or an int64 device tensor of one key or one per row: see
+        ``student_t_rsample``).
+        """
+        scales = host_math.gamma_scales(self.nu, num_samples)
+        return student_t_rsample(self.mu, self.log_sigma, scales, seed, backend=backend)

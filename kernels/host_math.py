@@ -1,9 +1,13 @@
-"""The O(B*K) Student-t mixture math that both backends share (formulation §3, §4).
+"""The O(B*K) Student-t mixture math in PyTorch (formulation §3, §4).
 
-Everything here is per (row, component), cheap, and needs special functions (lgamma,
-digamma) that Triton's interpreter cannot run, so it stays in PyTorch on the host side.
-The kernels only do the O(B*K*P*D) work and take these terms as inputs; gradients of
-these terms (for example d lgamma / d nu = digamma) come from PyTorch autograd.
+Everything here is per (row, component) and cheap: the confidence weights and
+uncertainties the layers compute around the fused operations, the Gamma scales of the
+sampler, and ``log_normaliser``, the reference definition of C_k. (The fused kernels
+compute C_k and its nu-derivative themselves, see ``fused/special.py``, so that each
+operation is one launch; the tests hold the two against each other.) Gradients here come
+from PyTorch autograd.
+
+Nothing here reads tensor values on the host unless asked to (``validate=True``).
 
 Shapes: ``nu`` is [B, K], ``log_sigma`` is [B, K, D], ``log_pi`` and ``available`` are [B, K].
 """
@@ -21,6 +25,7 @@ __all__ = [
     "mixture_uncertainty",
     "row_weights",
     "gamma_scales",
+    "scales_from_gamma",
     "check_some_component_available",
 ]
 
@@ -50,7 +55,8 @@ def uncertainty(nu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
 
 
 def check_some_component_available(available: torch.Tensor) -> None:
-    """Raise if any row has no available component (its mixture would be empty)."""
+    """Raise if any row has no available component (its mixture would be empty). Reads the
+    mask on the host: one sync."""
     empty = ~available.any(dim=-1)
     if bool(empty.any()):
         rows = torch.nonzero(empty).flatten()[:8].tolist()
@@ -61,9 +67,13 @@ def check_some_component_available(available: torch.Tensor) -> None:
 
 
 def confidence_log_weights(
-    uncertainty: torch.Tensor, available: torch.Tensor, tau: float = 1.0
+    uncertainty: torch.Tensor, available: torch.Tensor, tau: float = 1.0, *, validate: bool = False
 ) -> torch.Tensor:
-    """log pi = log_softmax_k(-u_k / tau) over available components, -inf elsewhere."""
+    """log pi = log_softmax_k(-u_k / tau) over available components, -inf elsewhere.
+
+    A row with no available component gets log pi = NaN (softmax over nothing); with
+    ``validate=True`` it raises instead, at the price of one host sync.
+    """
     if tau <= 0:
         raise ValueError(f"temperature tau must be positive, got {tau}")
     if available.dtype != torch.bool:
@@ -72,7 +82,8 @@ def confidence_log_weights(
         raise ValueError(
             f"available {tuple(available.shape)} must match uncertainty {tuple(uncertainty.shape)}"
         )
-    check_some_component_available(available)
+    if validate:
+        check_some_component_available(available)
     logits = (-uncertainty / tau).masked_fill(~available, float("-inf"))
     return torch.log_softmax(logits, dim=-1)
 
@@ -92,16 +103,25 @@ def row_weights(mean_uncertainty: torch.Tensor, tau: float = 1.0) -> torch.Tenso
     return mean_uncertainty.shape[0] * torch.softmax(-mean_uncertainty / tau, dim=0)
 
 
-def gamma_scales(nu: torch.Tensor, num_samples: int, min_gamma: float = 1e-6) -> torch.Tensor:
+MIN_GAMMA = 1e-6
+
+
+def scales_from_gamma(gamma: torch.Tensor, min_gamma: float = MIN_GAMMA) -> torch.Tensor:
+    """w = G^(-1/2): the Student-t scale of a Gamma(nu/2, rate nu/2) draw G (formulation §4).
+    G is floored so that a rare near-zero draw cannot give an infinite scale."""
+    return gamma.clamp_min(min_gamma).rsqrt()
+
+
+def gamma_scales(nu: torch.Tensor, num_samples: int, min_gamma: float = MIN_GAMMA) -> torch.Tensor:
     """w = G^(-1/2) with G ~ Gamma(nu/2, rate nu/2), reparameterised, [B, K, S].
 
-    PyTorch's gamma sampler has implicit reparameterisation gradients, so nu is trained
-    through the samples. G is floored so that a rare near-zero draw cannot give an
-    infinite scale.
+    Drawn from torch's default generator (on nu's device); PyTorch's gamma sampler has
+    implicit reparameterisation gradients, so nu is trained through the samples. For draws
+    keyed per row instead, see ``ops.keyed_gamma_scales``.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     nu = nu.to(torch.promote_types(nu.dtype, torch.float32))  # float64 stays float64
     half_nu = (0.5 * nu).unsqueeze(-1).expand(*nu.shape, num_samples)
     gamma = torch.distributions.Gamma(half_nu, half_nu, validate_args=False).rsample()
-    return gamma.clamp_min(min_gamma).rsqrt()
+    return scales_from_gamma(gamma, min_gamma)

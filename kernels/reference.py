@@ -10,7 +10,12 @@ import torch
 
 from .host_math import log_normaliser
 
+# One mixture's parameters as the operations take them: (mu [B,K,D], log_sigma [B,K,D],
+# nu [B,K], log_pi [B,K]); ``StudentTMixture.params`` gives exactly this tuple.
+Mixture = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
 __all__ = [
+    "Mixture",
     "mixture_logpdf_reference",
     "student_t_rsample_reference",
     "consistency_distillation_reference",
@@ -36,20 +41,20 @@ def mixture_logpdf_reference(
 
 
 def student_t_rsample_reference(
-    mu: torch.Tensor, log_sigma: torch.Tensor, w: torch.Tensor, eps: torch.Tensor
+    mu: torch.Tensor, log_sigma: torch.Tensor, scales: torch.Tensor, eps: torch.Tensor
 ) -> torch.Tensor:
-    """z_kq = mu_k + sigma_k * eps_kq * w_kq for mu [B,K,D], w [B,K,S], eps [B,K,S,D]."""
-    return mu.unsqueeze(2) + torch.exp(log_sigma).unsqueeze(2) * eps * w.unsqueeze(-1)
+    """z_kq = mu_k + sigma_k * eps_kq * scales_kq for mu [B,K,D], scales [B,K,S], eps [B,K,S,D]."""
+    return mu.unsqueeze(2) + torch.exp(log_sigma).unsqueeze(2) * eps * scales.unsqueeze(-1)
 
 
 def consistency_distillation_reference(
     z: torch.Tensor,
-    teacher: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-    student: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    teacher: Mixture,
+    student: Mixture,
     omega: torch.Tensor,
-    w: torch.Tensor,
+    row_weights: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """L_cd = (1/B) sum_b w_b sum_p omega_bp (log p_T(z_bp) - log p_S(z_bp)).
+    """L_cd = (1/B) sum_b w_b sum_p omega_bp (log p_T(z_bp) - log p_S(z_bp)), w = row_weights.
 
     ``teacher`` and ``student`` are (mu, log_sigma, nu, log_pi). The teacher, the points
     and the weights are detached: gradients reach the student parameters only.
@@ -58,5 +63,5 @@ def consistency_distillation_reference(
     z = z.detach()
     log_p_teacher = mixture_logpdf_reference(z, *(t.detach() for t in teacher))
     log_p_student = mixture_logpdf_reference(z, *student)
-    per_row = w.detach() * (omega.detach() * (log_p_teacher - log_p_student)).sum(-1)
+    per_row = row_weights.detach() * (omega.detach() * (log_p_teacher - log_p_student)).sum(-1)
     return per_row.mean(), per_row

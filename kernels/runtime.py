@@ -71,7 +71,7 @@ def _select_interpreter() -> None:
 
 
 def triton_ops(device: torch.device) -> types.ModuleType:
-    """The module holding the ``*_triton`` launchers, imported in the mode ``device`` needs."""
+    """The ``fused`` subpackage (the Triton launchers), imported in the mode ``device`` needs."""
     global _loaded
     if not triton_available():
         raise BackendUnavailableError(
@@ -85,7 +85,7 @@ def triton_ops(device: torch.device) -> types.ModuleType:
         if device.type == "cpu":
             _select_interpreter()
         try:
-            _loaded = importlib.import_module(".triton_ops", __package__)
+            _loaded = importlib.import_module(".fused", __package__)
         except ImportError as exc:
             raise BackendUnavailableError(f"could not load the Triton kernels: {exc}") from exc
     mode_interpreted = interpreter_enabled()

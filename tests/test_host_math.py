@@ -107,7 +107,10 @@ def test_confidence_log_weights_errors():
     u = torch.zeros(3, 2)
     available = torch.tensor([[True, False], [False, False], [True, True]])
     with pytest.raises(ValueError, match=r"every mixture component absent \(first rows: \[1\]\)"):
-        host_math.confidence_log_weights(u, available)
+        host_math.confidence_log_weights(u, available, validate=True)
+    # without validate=True nothing is read on the host: the empty row is NaN, the others fine
+    log_pi = host_math.confidence_log_weights(u, available)
+    assert torch.isnan(log_pi[1]).all() and torch.isfinite(log_pi[2]).all()
     with pytest.raises(ValueError, match="available"):
         host_math.confidence_log_weights(u, available[:, :1])
     with pytest.raises(ValueError, match="tau"):

@@ -129,14 +129,14 @@ def test_student_t_rsample_reference_gradcheck_and_formula():
     gen = torch.Generator().manual_seed(3)
     mu = torch.randn(2, 3, 4, generator=gen, dtype=F64, requires_grad=True)
     log_sigma = (0.3 * torch.randn(2, 3, 4, generator=gen, dtype=F64)).requires_grad_()
-    w = (0.5 + torch.rand(2, 3, 5, generator=gen, dtype=F64)).requires_grad_()
+    scales = (0.5 + torch.rand(2, 3, 5, generator=gen, dtype=F64)).requires_grad_()
     eps = torch.randn(2, 3, 5, 4, generator=gen, dtype=F64)
     assert torch.autograd.gradcheck(
-        lambda m, s, ww: student_t_rsample_reference(m, s, ww, eps), (mu, log_sigma, w), eps=1e-6, atol=1e-7
+        lambda m, s, ww: student_t_rsample_reference(m, s, ww, eps), (mu, log_sigma, scales), eps=1e-6, atol=1e-7
     )
-    z = ops.student_t_rsample_with_noise(mu, log_sigma, w, eps)
+    z = ops.student_t_rsample_with_noise(mu, log_sigma, scales, eps)
     b, k, q, j = 1, 2, 3, 0
-    expected = mu[b, k, j] + math.exp(log_sigma[b, k, j].item()) * eps[b, k, q, j] * w[b, k, q]
+    expected = mu[b, k, j] + math.exp(log_sigma[b, k, j].item()) * eps[b, k, q, j] * scales[b, k, q]
     assert z.shape == (2, 3, 5, 4) and z[b, k, q, j].item() == pytest.approx(expected.item(), rel=1e-12)
 
 
@@ -146,34 +146,35 @@ def _cd_case(seed, batch=3, points=4, components=3, dim=2):
     student = _mixture(gen, batch, components, dim)
     z = _points(gen, batch, points, dim)
     omega = torch.softmax(torch.randn(batch, points, generator=gen, dtype=F64), -1)
-    w = batch * torch.softmax(torch.randn(batch, generator=gen, dtype=F64), 0)
-    return z, teacher, student, omega, w
+    row_weights = batch * torch.softmax(torch.randn(batch, generator=gen, dtype=F64), 0)
+    return z, teacher, student, omega, row_weights
 
 
 def test_consistency_distillation_reference_gradcheck_student_only():
-    z, teacher, student, omega, w = _cd_case(4)
+    z, teacher, student, omega, row_weights = _cd_case(4)
     student = tuple(t.clone().requires_grad_() for t in student)
     assert torch.autograd.gradcheck(
-        lambda *s: consistency_distillation_reference(z, teacher, s, omega, w), student, eps=1e-6, atol=1e-6
+        lambda *s: consistency_distillation_reference(z, teacher, s, omega, row_weights), student, eps=1e-6, atol=1e-6
     )
 
     teacher = tuple(t.clone().requires_grad_() for t in teacher)
-    z, omega, w = (t.clone().requires_grad_() for t in (z, omega, w))
-    loss, per_row = ops.consistency_distillation(z, teacher, student, omega, w)
+    z, omega, row_weights = (t.clone().requires_grad_() for t in (z, omega, row_weights))
+    loss, per_row = ops.consistency_distillation(z, teacher, student, omega, row_weights)
     assert loss.shape == () and per_row.shape == (3,)
     loss.backward()
-    for name, t in zip(("z", "omega", "w", "mu", "log_sigma", "nu", "log_pi"), (z, omega, w, *teacher)):
+    teacher_side = ("z", "omega", "row_weights", "mu", "log_sigma", "nu", "log_pi")
+    for name, t in zip(teacher_side, (z, omega, row_weights, *teacher)):
         assert t.grad is None, f"teacher-side input {name} received a gradient"
     assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in student)
 
 
 def test_consistency_distillation_value():
-    z, teacher, student, omega, w = _cd_case(5)
-    loss, per_row = consistency_distillation_reference(z, teacher, student, omega, w)
+    z, teacher, student, omega, row_weights = _cd_case(5)
+    loss, per_row = consistency_distillation_reference(z, teacher, student, omega, row_weights)
     diff = mixture_logpdf_reference(z, *teacher) - mixture_logpdf_reference(z, *student)
-    torch.testing.assert_close(per_row, w * (omega * diff).sum(-1))
+    torch.testing.assert_close(per_row, row_weights * (omega * diff).sum(-1))
     torch.testing.assert_close(loss, per_row.mean())
-    same, _ = consistency_distillation_reference(z, teacher, teacher, omega, w)
+    same, _ = consistency_distillation_reference(z, teacher, teacher, omega, row_weights)
     assert same.item() == 0.0
 
 
@@ -257,16 +258,18 @@ def _valid_call(op, gen, batch, components, points, dim, dtype):
     mixture = dict(zip(_MIXTURE_NAMES, _mixture(gen, batch, components, dim, absent=False, dtype=dtype)))
     if op == "mixture_logpdf":
         args = {"z": _points(gen, batch, points, dim, dtype), **mixture}
-        return args, lambda a, backend: ops.mixture_logpdf(*(a[n] for n in ("z", *_MIXTURE_NAMES)), backend=backend)
+        return args, lambda a, backend, validate=False: ops.mixture_logpdf(
+            *(a[n] for n in ("z", *_MIXTURE_NAMES)), backend=backend, validate=validate
+        )
     if op == "student_t_rsample_with_noise":
         args = {
             "mu": mixture["mu"],
             "log_sigma": mixture["log_sigma"],
-            "w": torch.rand(batch, components, points, generator=gen, dtype=dtype) + 0.5,
+            "scales": torch.rand(batch, components, points, generator=gen, dtype=dtype) + 0.5,
             "eps": torch.randn(batch, components, points, dim, generator=gen, dtype=dtype),
         }
-        return args, lambda a, backend: ops.student_t_rsample_with_noise(
-            a["mu"], a["log_sigma"], a["w"], a["eps"], backend=backend
+        return args, lambda a, backend, validate=False: ops.student_t_rsample_with_noise(
+            a["mu"], a["log_sigma"], a["scales"], a["eps"], backend=backend
         )
     student = _mixture(gen, batch, components, dim, absent=False, dtype=dtype)
     args = {
@@ -274,29 +277,28 @@ def _valid_call(op, gen, batch, components, points, dim, dtype):
         **{f"teacher {n}": t for n, t in mixture.items()},
         **{f"student {n}": t for n, t in zip(_MIXTURE_NAMES, student)},
         "omega": torch.full((batch, points), 1.0 / points, dtype=dtype),
-        "w": torch.ones(batch, dtype=dtype),
+        "row_weights": torch.ones(batch, dtype=dtype),
     }
 
-    def call(a, backend):
+    def call(a, backend, validate=False):
         teacher = tuple(a[f"teacher {n}"] for n in _MIXTURE_NAMES)
         student = tuple(a[f"student {n}"] for n in _MIXTURE_NAMES)
-        return ops.consistency_distillation(a["z"], teacher, student, a["omega"], a["w"], backend=backend)
+        return ops.consistency_distillation(
+            a["z"], teacher, student, a["omega"], a["row_weights"], backend=backend, validate=validate
+        )
 
     return args, call
 
 
 # Dimensions whose size is fixed by the other arguments (changing them must be an error).
-_CONSTRAINED_DIMS = {"z": (0, 2), "w": (0, 1), "omega": (0, 1), "eps": (0, 1, 2, 3)}
+_CONSTRAINED_DIMS = {"z": (0, 2), "scales": (0, 1), "omega": (0, 1), "row_weights": (0,), "eps": (0, 1, 2, 3)}
 _OPS = ("mixture_logpdf", "student_t_rsample_with_noise", "consistency_distillation")
 _SHAPE_CORRUPTIONS = ("rank_up", "rank_down", "resize")
 _TYPE_CORRUPTIONS = ("int64", "bool", "not_tensor")
 
 
 def _constrained_dims(name, ndim, op):
-    base = name.split(" ")[-1]
-    if base == "w" and op == "consistency_distillation":
-        return (0,)  # row weights [B]
-    return _CONSTRAINED_DIMS.get(base, tuple(range(ndim)))
+    return _CONSTRAINED_DIMS.get(name.split(" ")[-1], tuple(range(ndim)))
 
 
 def _corrupt(t, kind, dim_index):
@@ -368,8 +370,25 @@ def test_bad_values_raise(op, shapes, bad, role, backend, data):
         args[name] = args[name].clone()
         args[name][row, col] = {"nu_zero": 0.0, "nu_negative": -1.5, "nu_nan": float("nan")}[bad]
     with pytest.raises(ValueError) as info:
-        call(args, backend)
+        call(args, backend, validate=True)
     assert _names_argument(str(info.value), name), (name, str(info.value))
+
+
+@pytest.mark.parametrize("op", ("mixture_logpdf", "consistency_distillation"))
+def test_bad_values_do_not_raise_or_sync_without_validate(op):
+    """The default never reads values on the host: bad values propagate (NaN, -inf) instead."""
+    from casd.kernels.op_count import OpCounter
+
+    gen = torch.Generator().manual_seed(3)
+    args, call = _valid_call(op, gen, 2, 3, 4, 5, F64)
+    prefix = "student " if op == "consistency_distillation" else ""
+    args[prefix + "nu"] = args[prefix + "nu"].clone()
+    args[prefix + "nu"][0, 0] = -1.0
+    with OpCounter() as counts:
+        out = call(args, "torch")
+    assert counts.host_syncs == 0, counts
+    values = out[1] if isinstance(out, tuple) else out
+    assert torch.isnan(values[0]).any()
 
 
 @pytest.mark.parametrize("op", _OPS)
@@ -384,12 +403,22 @@ def test_valid_arguments_pass_validation(op, dtype):
 
 @pytest.mark.parametrize(
     "seed, error",
-    [(-1, ValueError), (2**31, ValueError), (1.0, TypeError), (True, TypeError), ("3", TypeError), (None, TypeError)],
+    [(-1, ValueError), (2**63, ValueError), (1.0, TypeError), (True, TypeError), ("3", TypeError), (None, TypeError),
+     (torch.tensor([1.5]), TypeError), (torch.tensor([1, 2, 3]), ValueError)],
 )
 def test_bad_seeds_raise(seed, error):
-    mu = torch.zeros(1, 2, 3)
+    mu = torch.zeros(2, 2, 3)
     with pytest.raises(error, match="seed"):
-        ops.student_t_rsample(mu, mu, torch.ones(1, 2, 4), seed)
+        ops.student_t_rsample(mu, mu, torch.ones(2, 2, 4), seed)
+
+
+def test_seeds_use_63_bits_and_keys_64():
+    mu, scales = torch.zeros(2, 2, 3), torch.ones(2, 2, 4)
+    draws = [ops.student_t_rsample(mu, mu, scales, seed) for seed in (5, 5 + 2**62, 2**63 - 1)]
+    draws.append(ops.student_t_rsample(mu, mu, scales, torch.tensor(-(2**63))))
+    for i in range(len(draws)):
+        for j in range(i):
+            assert not torch.equal(draws[i], draws[j]), (i, j)
 
 
 @pytest.mark.parametrize("backend", ["cuda", "Torch", "", None])
@@ -408,7 +437,7 @@ def test_empty_points_or_samples_raise():
     mu, log_sigma, nu, log_pi = _mixture(gen, 2, 3, 4, absent=False)
     with pytest.raises(ValueError, match=r"\bz\b"):
         ops.mixture_logpdf(torch.zeros(2, 0, 4, dtype=F64), mu, log_sigma, nu, log_pi)
-    with pytest.raises(ValueError, match=r"\bw\b"):
+    with pytest.raises(ValueError, match=r"\bscales\b"):
         ops.student_t_rsample(mu, log_sigma, torch.ones(2, 3, 0, dtype=F64), 0)
     with pytest.raises(ValueError, match="mu must be non-empty"):
         ops.mixture_logpdf(torch.zeros(0, 1, 4), mu[:0], log_sigma[:0], nu[:0], log_pi[:0])

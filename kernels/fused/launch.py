@@ -1,39 +1,39 @@
-"""Launcher helpers shared by the three fused operations: tiling, precision, input checks.
+"""Launch settings shared by the fused operations: tiles, warps, precision, device, input checks.
 
 Every kernel here holds a whole vector of D coordinates in registers (D is never split
 across programs), so a program's working set is a ``[rows, BLOCK_D]`` tile. ``TileConfig``
 says how large that tile may be: on a GPU it is bounded by registers (a few dozen fp32
 values per thread), in Triton's CPU interpreter by nothing but memory, and there larger
-tiles mean fewer interpreted programs and so faster tests.
+tiles mean fewer interpreted programs and so faster tests. ``LaunchOptions`` are the
+per-launch compiler settings (warps, register cap) derived from a tile.
 
-The kernel modules are imported in one mode per process (see ``runtime``), so the device
-type that ``torch.amp.custom_fwd`` needs is fixed at import time too.
+Launches happen on the tensors' own device (``device_guard``): Triton launches on the
+*current* CUDA device, which need not be the one holding the tensors (``cuda:1``).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 import triton
 
-from .runtime import interpreter_enabled
+from ..runtime import interpreter_enabled
 
 __all__ = [
-    "AMP_DEVICE_TYPE",
     "TileConfig",
+    "LaunchOptions",
+    "GPU_TILES",
+    "INTERPRETER_TILES",
     "default_tiles",
+    "tiles_or_default",
     "point_tile",
     "row_tile",
-    "launch_options",
+    "WarpPolicy",
     "use_fp64",
-    "check_launch_inputs",
+    "compute_dtypes",
+    "device_guard",
 ]
-
-# The autocast device type whose state custom_fwd/custom_bwd record and replay.
-AMP_DEVICE_TYPE = "cpu" if interpreter_enabled() else "cuda"
-
-_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
 
 @dataclass(frozen=True)
 class TileConfig:
@@ -55,6 +55,19 @@ class TileConfig:
             raise ValueError(f"TileConfig fields must be positive, got {self}")
 
 
+@dataclass(frozen=True)
+class LaunchOptions:
+    """Compiler settings of one launch: warps per program and an optional register cap."""
+
+    num_warps: int
+    maxnreg: int | None = None
+
+    def kwargs(self) -> dict:
+        """As Triton's launch keywords (the interpreter ignores both)."""
+        return {"num_warps": self.num_warps} if self.maxnreg is None else {
+            "num_warps": self.num_warps, "maxnreg": self.maxnreg}
+
+
 # GPU: a row's [BLOCK_P, BLOCK_D] tile holds up to 8192 values (P = 28 -> 32 points at
 # D = 256); rows are packed only up to 2048 values, because at B = 4096 one row per
 # program already gives thousands of programs, and more programs hide memory latency.
@@ -65,6 +78,13 @@ INTERPRETER_TILES = TileConfig(point_tile=1 << 16, pack_tile=1 << 16)
 
 def default_tiles() -> TileConfig:
     return INTERPRETER_TILES if interpreter_enabled() else GPU_TILES
+
+
+def tiles_or_default(point_tile: int, pack_tile: int) -> TileConfig:
+    """The custom ops pass a tile override as two ints (0, 0 = the device's default)."""
+    if point_tile == 0 and pack_tile == 0:
+        return default_tiles()
+    return TileConfig(point_tile=point_tile, pack_tile=pack_tile)
 
 
 def _block_d(dim: int, tiles: TileConfig) -> int:
@@ -92,19 +112,32 @@ def row_tile(rows: int, dim: int, tiles: TileConfig) -> tuple[int, int]:
     return block_r, block_d
 
 
-def launch_options(tile_elements: int, values_per_thread: int, *, two_programs_per_sm: bool = False) -> dict:
-    """num_warps (1..16) so that each thread holds about ``values_per_thread`` tile elements.
+@dataclass(frozen=True)
+class WarpPolicy:
+    """How a kernel spreads its register tile over threads: ``options(tile)`` picks num_warps
+    (1..16) so that each thread holds about ``values_per_thread`` tile elements.
 
     With ``two_programs_per_sm`` the registers are capped (``maxnreg``) so that two
     programs fit the 64K registers of an SM, but only where the cap stays >= 96: below
-    that ptxas spills heavily. Interpreted runs ignore both options.
+    that ptxas spills heavily. (16 warps = 512 threads cap a thread at 128 registers anyway.)
+    Each kernel module states its policies next to the registers they were measured at.
     """
-    warps = min(16, triton.next_power_of_2(max(1, tile_elements // (32 * values_per_thread))))
-    options = {"num_warps": warps}
-    cap = 65536 // (2 * 32 * warps)
-    if two_programs_per_sm and 96 <= cap < 255:
-        options["maxnreg"] = cap
-    return options
+
+    values_per_thread: int
+    two_programs_per_sm: bool = False
+    # Warps when the tile would need more than 16 at ``values_per_thread``: 16 (512 threads)
+    # caps every thread at 128 registers; kernels that need more per thread use 8 instead
+    # (up to 255 registers, one program per SM).
+    crowded_warps: int = 16
+
+    def options(self, tile_elements: int) -> LaunchOptions:
+        warps = triton.next_power_of_2(max(1, tile_elements // (32 * self.values_per_thread)))
+        if warps > 16:
+            return LaunchOptions(num_warps=self.crowded_warps)
+        cap = 65536 // (2 * 32 * warps)
+        if self.two_programs_per_sm and 96 <= cap < 255:
+            return LaunchOptions(num_warps=warps, maxnreg=cap)
+        return LaunchOptions(num_warps=warps)
 
 
 def use_fp64(*tensors: torch.Tensor) -> bool:
@@ -112,27 +145,19 @@ def use_fp64(*tensors: torch.Tensor) -> bool:
     return any(t.dtype == torch.float64 for t in tensors)
 
 
-def check_launch_inputs(named: dict[str, torch.Tensor]) -> None:
-    """Checks that must hold before any launch; shapes and values are checked by ``ops``.
+def compute_dtypes(fp64: bool):
+    """(torch dtype, tl dtype) of the computation and of the outputs."""
+    import triton.language as tl
 
-    Raises on unsupported dtypes, mixed devices, or a device the loaded kernels cannot
-    run on (CUDA kernels and interpreted kernels cannot be mixed in one process).
+    return (torch.float64, tl.float64) if fp64 else (torch.float32, tl.float32)
+
+
+def device_guard(device: torch.device):
+    """Make ``device`` the current CUDA device for a launch (a no-op off CUDA).
+
+    Triton launches on the current device and its current stream; without the guard,
+    tensors on cuda:1 would be read by a kernel running on cuda:0.
     """
-    devices = {t.device for t in named.values()}
-    if len(devices) > 1:
-        listing = ", ".join(f"{n} on {t.device}" for n, t in named.items())
-        raise ValueError(f"all inputs must be on one device, got {listing}")
-    for name, t in named.items():
-        if t.dtype not in _SUPPORTED_DTYPES:
-            raise TypeError(
-                f"{name} has dtype {t.dtype}; the fused kernels load float16, bfloat16, "
-                "float32 or float64"
-            )
-    device = next(iter(devices))
-    expected = "cpu" if interpreter_enabled() else "cuda"
-    if device.type != expected:
-        mode = "Triton's CPU interpreter" if expected == "cpu" else "CUDA"
-        raise ValueError(
-            f"the fused kernels were loaded for {mode} in this process but the inputs are "
-            f"on {device}; keep all kernel inputs on {expected} tensors"
-        )
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
