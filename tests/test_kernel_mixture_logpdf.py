@@ -19,6 +19,16 @@ so each element gets 2e-5 (float32 compute; 1e-10 float64) of the size of its ow
 (``nu_gradient_scale``), plus the rounding to the input dtype and what float64 itself
 resolves (``nu_gradient_floor``). A normwise bound would let the small entries at large
 nu be wrong unnoticed.
+
+One more term for float32 compute, the conditioning of the responsibilities: r_k = exp(L_k +
+log_kernel_k - log p) is a difference of terms as large as |(nu + D)/2 log q| (~1e4 for a
+point 100 sigma out at nu = 1e4), which float32 holds to ~eps32 of that size, whatever the
+algorithm (m itself is a float32 sum). So where that is large, the gradient tolerances grow
+to 4 eps32 times it (``fp32_conditioning``; ~1e-5 for ordinary points, so no change there).
+Likewise a gradient may be as far from the float64 reference as 4x what PyTorch's own
+float32 evaluation of the reference gets on the same inputs (``float32_reference_error``):
+near a component's mean at nu = 1e4 both lose ~5e-4 of the largest d/dmu. The previous
+kernels failed these tests in ~4% of draws of the nu = 1e4 far-tail case.
 """
 from __future__ import annotations
 
@@ -108,6 +118,27 @@ def assert_grad_close(name, grad, ref, rtol, atol=0.0):
     )
 
 
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def fp32_conditioning(inputs) -> float:
+    """max |log-density term| that float32 responsibilities are differences of (float64)."""
+    z, mu, log_sigma, nu, log_pi = (t.double() for t in inputs)
+    dim = z.shape[-1]
+    m = ((z[:, :, None] - mu[:, None]) * torch.exp(-log_sigma)[:, None]).square().sum(-1)  # [B, P, K]
+    log_kernel = 0.5 * (nu[:, None] + dim) * torch.log1p(m / nu[:, None])
+    coefficient = (log_pi + host_math.log_normaliser(nu, log_sigma)).abs()[:, None]
+    terms = torch.where(torch.isfinite(coefficient), log_kernel + coefficient, 0.0)
+    return terms.max().item()
+
+
+def float32_reference_error(inputs, grad_out, ref_grads) -> list[float]:
+    """max |error| per gradient of the reference itself evaluated in float32 (PyTorch)."""
+    leaves = [t.detach().float().requires_grad_() for t in inputs]
+    grads = torch.autograd.grad(mixture_logpdf_reference(*leaves), leaves, grad_out.float())
+    return [(g.double() - r).abs().max().item() for g, r in zip(grads, ref_grads)]
+
+
 def nu_gradient_floor(nu, grad_out):
     """What float64 itself can resolve in d/dnu: it sums terms of size ~log(nu) per point
     (digamma, log q) that cancel to ~D^2/nu^2 at large nu, so even the float64 reference
@@ -141,7 +172,10 @@ def assert_nu_gradient_close(grad, ref, inputs, grad_out):
     assert torch.isfinite(grad).all(), "d/dnu has non-finite entries"
     compute = torch.float64 if any(t.dtype == torch.float64 for t in inputs) else torch.float32
     err = (grad.double() - ref).abs().cpu()
-    bound = (NU_COMPUTE_RTOL[compute] * nu_gradient_scale(inputs, grad_out).cpu()
+    rtol = NU_COMPUTE_RTOL[compute]
+    if compute == torch.float32:
+        rtol = max(rtol, 4 * EPS32 * fp32_conditioning(inputs))
+    bound = (rtol * nu_gradient_scale(inputs, grad_out).cpu()
              + 2 * ROUNDING.get(grad.dtype, 0.0) * ref.abs().cpu()
              + nu_gradient_floor(inputs[3], grad_out).cpu())
     worst = (err / bound).max().item()
@@ -155,12 +189,16 @@ def check_against_reference(inputs, grad_out, dtype, run=fused):
     assert value.shape == ref.shape
     assert_value_close(value, ref, value_rtol)
     absent = torch.isneginf(inputs[4])
-    for name, grad, ref_grad, leaf in zip(NAMES, grads, ref_grads, inputs):
+    float32_errors = [0.0] * len(NAMES)
+    if dtype != torch.float64:
+        grad_rtol = max(grad_rtol, 4 * EPS32 * fp32_conditioning(inputs))
+        float32_errors = float32_reference_error(inputs, grad_out, ref_grads)
+    for name, grad, ref_grad, leaf, float32_error in zip(NAMES, grads, ref_grads, inputs, float32_errors):
         assert grad.dtype == leaf.dtype and grad.shape == leaf.shape, name
         if name == "nu":
             assert_nu_gradient_close(grad, ref_grad, inputs, grad_out)
         else:
-            assert_grad_close(name, grad, ref_grad, grad_rtol)
+            assert_grad_close(name, grad, ref_grad, grad_rtol, atol=4 * float32_error)
         if name != "z":  # absent components: exactly zero, not NaN
             assert (grad[absent] == 0).all(), f"d/d{name} is not exactly 0 for absent components"
     return grads, ref_grads

@@ -26,7 +26,7 @@ import triton.language as tl
 
 from .. import philox
 from .launch import TileConfig, WarpPolicy, compute_dtypes, use_fp64
-from .noise import _box_muller, _keyed_words, _uniform
+from .noise import _box_muller, _keyed_words
 
 __all__ = ["keyed_standard_gamma_forward"]
 
@@ -63,10 +63,10 @@ def _keyed_gamma_kernel(
     pending = mask
     for attempt in range(ATTEMPTS):
         r0, r1, r2, r3 = _keyed_words(key_ptr, row, counter, attempt, STREAM_GAMMA, KEY_PER_ROW)
-        x, _ = _box_muller(_uniform(r0), _uniform(r1))
+        x, _ = _box_muller(r0, r1)
         x = x.to(COMPUTE)
-        u = _uniform(r2).to(COMPUTE)
-        u_boost = _uniform(r3).to(COMPUTE)
+        u = tl.uint_to_uniform_float(r2).to(COMPUTE)
+        u_boost = tl.uint_to_uniform_float(r3).to(COMPUTE)
         t = 1.0 + c * x
         v = t * t * t
         safe_v = tl.where(v > 0.0, v, 1.0)

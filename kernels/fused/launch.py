@@ -73,7 +73,7 @@ class LaunchOptions:
 # program already gives thousands of programs, and more programs hide memory latency.
 GPU_TILES = TileConfig(point_tile=8192, pack_tile=2048)
 # The interpreter runs each program's tl ops as numpy calls: few large programs are fastest.
-INTERPRETER_TILES = TileConfig(point_tile=1 << 16, pack_tile=1 << 16)
+INTERPRETER_TILES = TileConfig(point_tile=1 << 16, pack_tile=1 << 18)
 
 
 def default_tiles() -> TileConfig:

@@ -125,12 +125,6 @@ def _coefficients(nu_ptr, log_pi_ptr, rows, mask_r, K, D: tl.constexpr, COMPUTE:
 
 
 @triton.jit
-def _pick(values, k, BLOCK_K: tl.constexpr):
-    """Column k of a [BLOCK_R, BLOCK_K] tile as [BLOCK_R] (-inf and NaN pass through unchanged)."""
-    return tl.sum(tl.where(tl.arange(0, BLOCK_K)[None, :] == k, values, 0.0), axis=1)
-
-
-@triton.jit
 def _component(
     z_tile, mu_ptr, log_sigma_ptr, nu_all, coef_all, k, rows, mask_r, offs_d, mask_d, K, D: tl.constexpr,
     COMPUTE: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -149,8 +143,10 @@ def _component(
     inv_sigma = tl.exp(-log_sigma)
     scaled = (z_tile - mu[:, None, :]) * inv_sigma[:, None, :]
     mahalanobis = tl.sum(scaled * scaled, axis=2)
-    nu = _pick(nu_all, k, BLOCK_K)
-    log_coef = _pick(coef_all, k, BLOCK_K) - tl.sum(log_sigma, axis=1)
+    # column k of the [BLOCK_R, BLOCK_K] coefficient tiles (-inf passes through unchanged)
+    pick = tl.arange(0, BLOCK_K)[None, :] == k
+    nu = tl.sum(tl.where(pick, nu_all, 0.0), axis=1)
+    log_coef = tl.sum(tl.where(pick, coef_all, 0.0), axis=1) - tl.sum(log_sigma, axis=1)
     return scaled, inv_sigma, mahalanobis, nu, log_coef
 
 
@@ -233,11 +229,11 @@ def _mixture_gradients(
         q_small = _x_minus_log1p(ratio) + ratio * ((D - mahalanobis) / (nu_p + mahalanobis))
         q_term = tl.where(ratio < 1.0, q_small, a * ratio - log_q)
         q_sum = tl.sum(tl.where(weight != 0.0, weight * q_term, 0.0), axis=1)
-        grad_nu = 0.5 * q_sum + weight_sum * _pick(dcoef_all, k, BLOCK_K)
+        pick = offs_k[None, :] == k
+        grad_nu = 0.5 * q_sum + weight_sum * tl.sum(tl.where(pick, dcoef_all, 0.0), axis=1)
         vector = (grad_rows[:, None] + k) * VECTOR_WIDTH + offs_d[None, :]
         tl.store(grad_mu_ptr + vector, grad_mu, mask=mask_rd)
         tl.store(grad_log_sigma_ptr + vector, grad_log_sigma, mask=mask_rd)
-        pick = offs_k[None, :] == k
         grad_nu_all = tl.where(pick, grad_nu[:, None], grad_nu_all)
         grad_log_pi_all = tl.where(pick, weight_sum[:, None], grad_log_pi_all)
     scalar = (grad_rows[:, None] + offs_k[None, :]) * SCALAR_WIDTH

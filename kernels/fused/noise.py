@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["_keyed_words", "_uniform", "_box_muller", "_cos_sin_turns"]
+__all__ = ["_keyed_words", "_box_muller", "_cos_sin_turns"]
 
 HALF_PI = tl.constexpr(1.5707963267948966)
 
@@ -34,12 +34,6 @@ def _keyed_words(key_ptr, row, counter, word2, word3, KEY_PER_ROW: tl.constexpr)
         key = tl.load(key_ptr)
         row_word = zero + row.to(tl.uint32)
     return tl.philox(key, counter, row_word, zero + word2, zero + word3)
-
-
-@triton.jit
-def _uniform(word):
-    """float32 in [0, 1) from a random 32-bit word (tl.uint_to_uniform_float)."""
-    return tl.uint_to_uniform_float(word)
 
 
 @triton.jit
@@ -67,9 +61,12 @@ def _cos_sin_turns(u):
 
 
 @triton.jit
-def _box_muller(u1, u2):
-    """Two independent standard normals from two uniforms in [0, 1) (tl.pair_uniform_to_normal,
-    with the exact-reduction cos/sin of ``_cos_sin_turns``)."""
+def _box_muller(word1, word2):
+    """Two independent standard normals from two random 32-bit words, via uniforms in [0, 1)
+    (tl.uint_to_uniform_float) and tl.pair_uniform_to_normal's transform, with the
+    exact-reduction cos/sin of ``_cos_sin_turns``."""
+    u1 = tl.uint_to_uniform_float(word1)
+    u2 = tl.uint_to_uniform_float(word2)
     radius = tl.sqrt(-2.0 * tl.log(tl.maximum(1.0e-7, u1)))
     cos_t, sin_t = _cos_sin_turns(u2)
     return radius * cos_t, radius * sin_t

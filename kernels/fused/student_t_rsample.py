@@ -41,7 +41,7 @@ import triton.language as tl
 
 from .launch import LaunchOptions, TileConfig, WarpPolicy, compute_dtypes, row_tile, use_fp64
 from .. import philox
-from .noise import _box_muller, _keyed_words, _uniform
+from .noise import _box_muller, _keyed_words
 
 __all__ = ["RSampleLaunch", "rsample_launch", "student_t_rsample_forward", "student_t_rsample_backward"]
 
@@ -64,8 +64,8 @@ def _keyed_normal_quad(key_ptr, quad, offs_c, offs_d, K, S, D: tl.constexpr, KEY
     quads = (S + 3) // 4
     counter = ((component[:, None] * quads + quad) * D + offs_d[None, :]).to(tl.uint32)
     r0, r1, r2, r3 = _keyed_words(key_ptr, row[:, None], counter, 0, STREAM_NORMAL, KEY_PER_ROW)
-    e0, e1 = _box_muller(_uniform(r0), _uniform(r1))
-    e2, e3 = _box_muller(_uniform(r2), _uniform(r3))
+    e0, e1 = _box_muller(r0, r1)
+    e2, e3 = _box_muller(r2, r3)
     return e0, e1, e2, e3
 
 
