@@ -49,9 +49,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from casd.vocab import DATASETS, TASKS
+
 __all__ = [
-    "REGRESSION_DATASETS",
-    "TASKS",
     "regression_metrics",
     "classification_metrics",
     "compute_metrics",
@@ -61,8 +61,6 @@ __all__ = [
     "f1_score",
 ]
 
-REGRESSION_DATASETS = ("mosi", "mosei", "sims")
-TASKS = ("regression", "classification")
 
 MOSI_METRICS = (
     "Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score",
@@ -192,8 +190,8 @@ def _mae(preds: np.ndarray, labels: np.ndarray) -> float:
 
 def _check_dataset(dataset: str) -> str:
     key = dataset.lower() if isinstance(dataset, str) else dataset
-    if key not in REGRESSION_DATASETS:
-        raise ValueError(f"unknown regression dataset {dataset!r}; choose one of {REGRESSION_DATASETS}")
+    if key not in DATASETS:
+        raise ValueError(f"unknown regression dataset {dataset!r}; choose one of {DATASETS}")
     return key
 
 

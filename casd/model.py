@@ -10,6 +10,7 @@ from casd.encoders import ModalityEncoders
 from casd.kernels import StudentTMixture
 from casd.layers import CombinationEmbedding, ConfidenceMixture, StudentTHead
 from casd.modalities import MODALITIES, component_availability
+from casd.vocab import DISTRIBUTIONS, WEIGHTINGS
 
 __all__ = ["EncoderConfig", "ModelConfig", "CASDModel", "Prediction", "GAUSSIAN_NU"]
 
@@ -53,8 +54,12 @@ class ModelConfig(EncoderConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.distribution not in ("student_t", "gaussian"):
-            raise ValueError(f"distribution must be 'student_t' or 'gaussian', got {self.distribution!r}")
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {self.distribution!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        if not self.nu_init > self.nu_min:
+            raise ValueError(f"nu_init ({self.nu_init}) must exceed nu_min ({self.nu_min})")
 
 
 @dataclass

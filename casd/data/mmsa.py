@@ -15,9 +15,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from casd.data.safe_pickle import restricted_load
-
-SPLITS: tuple[str, ...] = ("train", "valid", "test")
-TASKS: tuple[str, ...] = ("regression", "classification")
+from casd.vocab import SPLITS, TASKS
 
 
 @dataclass
