@@ -13,8 +13,8 @@ setup(
         "missing modalities, with fused Triton kernels"
     ),
     python_requires=">=3.10",
-    packages=["casd", "casd.data", "casd.kernels"],
-    package_dir={"casd": "casd", "casd.data": "casd/data", "casd.kernels": "kernels"},
+    packages=["casd", "casd.data", "casd.study", "casd.kernels"],
+    package_dir={"casd": "casd", "casd.data": "casd/data", "casd.study": "casd/study", "casd.kernels": "kernels"},
     install_requires=[
         "torch>=2.4",
         "triton>=3.0",

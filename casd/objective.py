@@ -1,6 +1,10 @@
 """The CASD training objective (formulation §4): teacher and student views as one 2B batch.
 
     L = L_task(teacher) + L_task(student) + lambda_cd * L_cd
+
+The objective owns its randomness: ``ObjectiveConfig`` holds the noise strategy, the backend
+and the temperature, and ``CASDObjective`` builds its sampler (casd.sampler) and its L_cd
+(casd.distillation) from it.
 """
 from __future__ import annotations
 
@@ -9,29 +13,52 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from casd.distillation import distillation_loss
+from casd.distributed import DistContext
 from casd.kernels import BACKENDS
-from casd.layers import ConsistencyDistillationLoss, StudentTSampler
 from casd.model import CASDModel
+from casd.sampler import Sampler, row_keys
+from casd.vocab import NOISE_STRATEGIES, TASKS
 
-__all__ = ["ObjectiveConfig", "LossBreakdown", "CASDObjective", "concat_views", "task_loss"]
+__all__ = ["ObjectiveConfig", "LossBreakdown", "CASDObjective", "check_task", "concat_views", "task_loss"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ObjectiveConfig:
+    """How the objective trains: its terms, temperatures and sampling (formulation §3-4)."""
+
     num_samples: int = 4  # S reparameterised draws per component
     # Weight of the consistency-distillation term (0 switches it off). Chosen on the synthetic
     # data's validation split over 3 seeds from {0, 0.01, 0.03, 0.1} (docs/study.md).
     lambda_cd: float = 0.01
-    task: str = "regression"  # or "classification"
+    # Confidence temperature tau: pi = softmax(-u / tau) (formulation §3; the model applies it,
+    # built with this value) and the L_cd row weights w_b = B softmax_b(-ubar_b / tau) (§4).
+    tau: float = 1.0
+    # Where the sampling noise comes from (casd.sampler): "batch" draws one seed per step (per
+    # rank under torchrun) from the run's seeded generator, so --fused generates eps inside the
+    # kernel and never stores it. "sample" keys each sample's draws by (epoch seed, view, sample
+    # index): results then do not depend on the number of processes, at the cost of drawing
+    # eps per row on the host.
+    noise: str = "batch"
     backend: str = "torch"  # "triton" runs the sampler and L_cd through the fused kernels
 
     def __post_init__(self) -> None:
-        if self.task not in ("regression", "classification"):
-            raise ValueError(f"task must be 'regression' or 'classification', got {self.task!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
         if self.lambda_cd < 0:
             raise ValueError(f"lambda_cd must be >= 0, got {self.lambda_cd}")
+        if not self.tau > 0:
+            raise ValueError(f"tau must be positive, got {self.tau}")
+        if self.noise not in NOISE_STRATEGIES:
+            raise ValueError(f"noise must be one of {NOISE_STRATEGIES}, got {self.noise!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+
+
+def check_task(task: str) -> str:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    return task
 
 
 @dataclass
@@ -69,20 +96,39 @@ def task_loss(outputs: torch.Tensor, labels: torch.Tensor, log_pi: torch.Tensor,
 
 
 class CASDObjective(nn.Module):
-    def __init__(self, config: ObjectiveConfig, tau: float = 1.0):
+    """L_task(teacher) + L_task(student) + lambda_cd * L_cd, with the sampler and L_cd it builds.
+
+    ``noise_seed`` (forward) keys the sampling noise when ``config.noise == "sample"``: row b
+    of view v draws from ``row_keys(noise_seed, v, index_b)`` (casd.sampler), ``index`` being
+    the batch's sample indices. The trainer passes its epoch seed; with ``"batch"`` noise the
+    seed is not used (the draws come from torch's default generator).
+    """
+
+    def __init__(self, config: ObjectiveConfig, task: str = "regression", context: DistContext = DistContext()):
         super().__init__()
         self.config = config
-        self.sampler = StudentTSampler(config.num_samples, config.backend)
-        self.distill = ConsistencyDistillationLoss(tau, config.backend)
+        self.task = check_task(task)
+        self.sampler = Sampler(config.num_samples, config.backend, config.noise)
+        self.distill = distillation_loss(config.tau, config.backend, context)
+
+    def noise_keys(self, teacher: dict[str, torch.Tensor], noise_seed: int | None) -> list[int] | None:
+        """The sampler's keys for the 2B rows (teacher view 0, student view 1), or None for "batch" noise."""
+        if self.config.noise != "sample":
+            return None
+        if noise_seed is None:
+            raise ValueError("noise='sample' keys the noise by (seed, view, sample index): pass noise_seed")
+        index = teacher["index"]
+        return row_keys(noise_seed, 0, index) + row_keys(noise_seed, 1, index)
 
     def forward(
-        self, model: CASDModel, teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor]
+        self, model: CASDModel, teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor],
+        noise_seed: int | None = None,
     ) -> LossBreakdown:
         batch = teacher["labels"].shape[0]
         mixture = model(concat_views(teacher, student))
-        samples = self.sampler(mixture)  # [2B, K, S, D]
+        samples = self.sampler(mixture, self.noise_keys(teacher, noise_seed))  # [2B, K, S, D]
         outputs = model.predictor(samples)  # [2B, K, S, O]
-        labels, log_pi, task = teacher["labels"], mixture.log_pi, self.config.task
+        labels, log_pi, task = teacher["labels"], mixture.log_pi, self.task
         task_teacher = task_loss(outputs[:batch], labels, log_pi[:batch], task)
         task_student = task_loss(outputs[batch:], labels, log_pi[batch:], task)
         if self.config.lambda_cd > 0:

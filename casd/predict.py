@@ -25,15 +25,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from casd.baseline import build_model
-from casd.data import (SPLITS, EvalCondition, Split, SyntheticConfig, apply_condition, evaluation_conditions,
-                       generate_synthetic, restricted_load, split_from_mmsa)
-from casd.evaluate import predict_split
+from casd.checkpoint import check_data_compatible, load_model, recorded_synthetic
+from casd.data import EvalCondition, Split, apply_condition, generate_synthetic, restricted_load, split_from_mmsa
+from casd.device import resolve_device
+from casd.errors import UserError
+from casd.evaluate import predict_split, test_conditions
 from casd.metrics import compute_metrics
-from casd.modalities import COMBINATION_NAMES, MODALITIES
-from casd.trainer import resolve_device
+from casd.modalities import COMBINATION_NAMES
+from casd.vocab import DATASETS, SPLITS, TASKS
 
-__all__ = ["load_checkpoint", "load_data", "check_compatible", "parse_condition", "predict", "main"]
+__all__ = ["load_data", "parse_condition", "predict", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,28 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--condition", default=None,
                    help="evaluation condition to apply: frame_0.0 .. frame_0.9 or modality_<t|a|v|ta|tv|av|tav>")
     p.add_argument("--eval-seed", type=int, default=1111, help="base seed of the frame-level masks (as casd.train)")
-    p.add_argument("--dataset", choices=("mosi", "mosei", "sims"),
+    p.add_argument("--dataset", choices=DATASETS,
                    help="data set kind; must match the checkpoint's (default: the checkpoint's)")
-    p.add_argument("--task", choices=("regression", "classification"),
+    p.add_argument("--task", choices=TASKS,
                    help="must match the checkpoint's (default: the checkpoint's)")
     p.add_argument("--out", type=Path, help="output file (.csv or .json); default: print CSV to stdout")
     p.add_argument("--format", choices=("csv", "json"), help="default: from the --out suffix, else csv")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=256)
     return p
-
-
-def load_checkpoint(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """The trained model (eval mode) and the checkpoint's record of how it was trained."""
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint {path}")
-    checkpoint = torch.load(path, map_location=device, weights_only=True)
-    for key in ("model", "model_config", "metadata"):
-        if key not in checkpoint:
-            raise ValueError(f"{path} is not a casd.train checkpoint (no {key!r})")
-    model = build_model(checkpoint.get("model_kind", "casd"), checkpoint["model_config"])
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval(), checkpoint
 
 
 def _raw_split(path: Path, split: str) -> dict:
@@ -86,11 +74,10 @@ def _raw_split(path: Path, split: str) -> dict:
 def load_data(args: argparse.Namespace, metadata: dict, task: str) -> tuple[Split, bool, str]:
     """(split, whether it has labels, a description of where it came from)."""
     if args.synthetic:
-        if not metadata.get("synthetic"):
+        config = recorded_synthetic(metadata)
+        if config is None:
             raise ValueError(f"--synthetic: the checkpoint was trained on {metadata.get('source')}, "
                              "not on the synthetic data set; pass --data")
-        recorded = metadata["synthetic"]
-        config = SyntheticConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()})
         raw = generate_synthetic(config)[args.split]
         where = f"synthetic(seed={config.seed}) split {args.split!r}"
     else:
@@ -106,36 +93,10 @@ def load_data(args: argparse.Namespace, metadata: dict, task: str) -> tuple[Spli
     return split_from_mmsa(raw, task, where=where), has_labels, where
 
 
-def check_compatible(split: Split, metadata: dict, has_labels: bool, args: argparse.Namespace) -> None:
-    """Refuse data that do not fit the checkpoint, naming every difference."""
-    problems = []
-    trained_dims = [int(d) for d in metadata["feature_dims"]]
-    if list(split.feature_dims) != trained_dims:
-        for name, got, want in zip(MODALITIES, split.feature_dims, trained_dims):
-            if got != want:
-                problems.append(f"{name} feature dimension: data {got}, checkpoint {want}")
-    for flag in ("dataset", "task"):
-        given = getattr(args, flag)
-        if given is not None and given != metadata[flag]:
-            problems.append(f"--{flag}: given {given!r}, checkpoint trained on {metadata[flag]!r}")
-    if has_labels and metadata["task"] == "classification":
-        classes = metadata["num_classes"]
-        if split.labels.size and (split.labels.min() < 0 or split.labels.max() >= classes):
-            problems.append(f"class labels in [{split.labels.min()}, {split.labels.max()}], "
-                            f"checkpoint has {classes} classes")
-    if list(split.seq_lens) != list(metadata.get("seq_lens", split.seq_lens)):
-        # Not an error: the encoders take any length (masked, sinusoidal positions).
-        print(f"casd.predict: note: sequence lengths {list(split.seq_lens)} differ from training "
-              f"{metadata['seq_lens']} (text, audio, vision)", file=sys.stderr)
-    if problems:
-        raise ValueError("data do not match the checkpoint (trained on "
-                         f"{metadata.get('source')}):\n  " + "\n  ".join(problems))
-
-
 def parse_condition(name: str | None, eval_seed: int) -> EvalCondition | None:
     if name is None or name == "none":
         return None
-    conditions = {c.name: c for c in evaluation_conditions(eval_seed)}
+    conditions = {c.name: c for c in test_conditions(eval_seed)}
     if name not in conditions:
         raise ValueError(f"unknown condition {name!r}; choose none or one of {sorted(conditions)}")
     return conditions[name]
@@ -186,12 +147,13 @@ def write_rows(rows: list[dict], header: dict, fmt: str, out) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
-    model, checkpoint = load_checkpoint(args.checkpoint, device)
+    model, checkpoint = load_model(args.checkpoint, device)
     metadata = checkpoint["metadata"]
     task = metadata["task"]
     condition = parse_condition(args.condition, args.eval_seed)  # before loading data: fail fast
     split, has_labels, where = load_data(args, metadata, args.task or task)
-    check_compatible(split, metadata, has_labels, args)
+    for note in check_data_compatible(split, metadata, has_labels, args.dataset, args.task):
+        print(f"casd.predict: note: {note}", file=sys.stderr)
     predicted = predict(model, split, condition, device, args.batch_size)
     condition_name = condition.name if condition is not None else "none"
     metrics = compute_metrics(predicted["output"], split.labels, metadata["dataset"], task) if has_labels else None
@@ -222,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
+    except (UserError, FileNotFoundError, ValueError, KeyError) as exc:
         print(f"casd.predict: {exc}", file=sys.stderr)
         return 2
     return 0

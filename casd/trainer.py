@@ -8,12 +8,15 @@ as the uninterrupted run would have (tests/test_resume.py kills a run and checks
 
 Several processes (torchrun): see ``casd.distributed`` for what is kept identical to a
 single-process run at the same global batch.
+
+The trainer knows nothing about how a model samples or distils: it calls
+``objective(model, teacher, student, noise_seed)`` (casd.registry builds both) with this
+epoch's seed, and writes checkpoints in casd.checkpoint's layout.
 """
 from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,25 +27,22 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from casd.baseline import model_kind
+from casd.checkpoint import atomic_save, check_resumable, read_checkpoint
 from casd.data import EvalCondition, Split, SplitDataset, TrainingMissingness, batch_to, make_loader
-from casd.distributed import DistContext, GlobalBatchDistillation, RowKeyedSampler, loss_scale, row_keys
-from casd.evaluate import autocast_context, evaluate_conditions
-from casd.layers import ConsistencyDistillationLoss, StudentTSampler
+from casd.data.missing import TRAIN_PROTOCOLS
+from casd.device import autocast_context, resolve_amp
+from casd.distributed import DistContext, loss_scale
+from casd.evaluate import evaluate_conditions
 from casd.metrics import higher_is_better
 from casd.objective import LossBreakdown
+from casd.vocab import AMP_MODES
 
-__all__ = ["TrainConfig", "Trainer", "TrainStep", "resolve_amp", "resolve_device", "atomic_save"]
+__all__ = ["TrainConfig", "Trainer", "TrainStep", "TrainingState"]
 
 log = logging.getLogger("casd")
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
-NOISE_KEYING = ("sample", "batch")
-# TrainConfig fields that do not change the training trajectory (free to differ on --resume).
-RESUME_FREE_FIELDS = ("progress", "eval_batch_size", "max_bad_steps")
 
-
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 20
     batch_size: int = 64
@@ -58,16 +58,13 @@ class TrainConfig:
     missing_rate: float = 0.7
     eval_batch_size: int = 256
     max_bad_steps: int = 20  # non-finite losses tolerated (skipped) before the run is aborted
-    progress: bool = True
-    # Reparameterisation noise: "batch" draws one seed per step (per rank under torchrun) from
-    # the run's seeded generator, so --fused generates eps inside the kernel and never stores
-    # it. "sample" keys each sample's draws by (epoch seed, view, sample index): results then do
-    # not depend on the number of processes, at the cost of drawing eps per row on the host.
-    noise: str = "batch"
+    progress: bool = True  # progress bars (rank 0)
 
     def __post_init__(self) -> None:
-        if self.amp not in ("auto", *AMP_DTYPES):
-            raise ValueError(f"amp must be one of auto, bf16, fp16, off; got {self.amp!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.missing_protocol not in TRAIN_PROTOCOLS:
+            raise ValueError(f"missing_protocol must be one of {TRAIN_PROTOCOLS}, got {self.missing_protocol!r}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -75,35 +72,6 @@ class TrainConfig:
             raise ValueError(f"missing_rate must be in [0, 1], got {self.missing_rate}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.noise not in NOISE_KEYING:
-            raise ValueError(f"noise must be one of {NOISE_KEYING}, got {self.noise!r}")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return device
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` on ``device``; None means full precision."""
-    if amp == "auto":
-        if device.type != "cuda":
-            return None  # CPU autocast rarely pays off and bf16 matmuls are slow on many CPUs
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if amp == "fp16" and device.type == "cpu":
-        raise ValueError("--amp fp16 needs a GPU; use bf16 or off on the CPU")
-    return AMP_DTYPES[amp]
-
-
-def atomic_save(obj: object, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves a torn checkpoint."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def warmup_cosine(total_steps: int, warmup_fraction: float):
@@ -138,8 +106,9 @@ class TrainStep(nn.Module):
         self.model = model
         self.objective = objective
 
-    def forward(self, teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        losses = self.objective(self.model, teacher, student)
+    def forward(self, teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor],
+                noise_seed: int) -> tuple[torch.Tensor, ...]:
+        losses = self.objective(self.model, teacher, student, noise_seed)
         return losses.total, losses.task_teacher, losses.task_student, losses.distillation
 
 
@@ -160,10 +129,12 @@ class Trainer:
         task: str,
         device: torch.device,
         out_dir: Path,
-        metadata: dict,
+        record: dict,
         selection_metric: str,
         context: DistContext = DistContext(),
     ):
+        """``record`` (casd.checkpoint.run_record) describes the run in every checkpoint;
+        ``objective`` is called as objective(model, teacher, student, noise_seed)."""
         self.model = model.to(device)
         self.objective = objective
         self.train_split = train_split
@@ -174,12 +145,11 @@ class Trainer:
         self.dataset, self.task = dataset, task
         self.device = device
         self.out_dir = out_dir
-        self.metadata = metadata
+        self.record = record
         self.selection_metric = selection_metric
         self.context = context
         self.amp_dtype = resolve_amp(config.amp, device)
         self.missingness = TrainingMissingness(config.missing_protocol, config.missing_rate)
-        self._install_randomness(objective)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         steps_per_epoch = math.ceil(train_split.num_samples / config.batch_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -198,15 +168,6 @@ class Trainer:
                 static_graph=True,
             )
 
-    def _install_randomness(self, objective: nn.Module) -> None:
-        """Sample-keyed noise and global-batch L_cd row weights for objectives that sample."""
-        sampler = getattr(objective, "sampler", None)
-        if self.config.noise == "sample" and isinstance(sampler, StudentTSampler):
-            objective.sampler = RowKeyedSampler(sampler.num_samples, sampler.backend)
-        distill = getattr(objective, "distill", None)
-        if self.context.enabled and isinstance(distill, ConsistencyDistillationLoss):
-            objective.distill = GlobalBatchDistillation(distill.tau, distill.backend, self.context)
-
     # --- seeding -----------------------------------------------------------------------
     def _epoch_seed(self, epoch: int) -> int:
         return (self.config.seed * 1_000_003 + epoch * 7_919) % 2**31
@@ -215,12 +176,12 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         seed = self._epoch_seed(epoch)
         # Dropout (and, with noise="batch", the sampler's seeds) come from the global generator:
-        # one stream per rank, rank 0's being the single-process one.
+        # one stream per rank, rank 0's being the single-process one. With noise="sample" the
+        # objective keys each sample's noise by this epoch's seed (casd.sampler).
         torch.manual_seed((seed + 7_777_777 * self.context.rank) % 2**31)
         shuffle = torch.Generator().manual_seed(seed)
         missing = torch.Generator(device=self.device).manual_seed(seed + 1)
         loader = make_loader(self.train_data, self.config.batch_size, shuffle=True, generator=shuffle)
-        keyed = isinstance(getattr(self.objective, "sampler", None), RowKeyedSampler)
         self.model.train()
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # total, T, S, cd; global-batch means
         steps = 0
@@ -239,11 +200,8 @@ class Trainer:
                             epoch, global_rows, self.context.world_size)
                 continue
             teacher, student = _rows(full, rows), _rows(full_student, rows)
-            if keyed:
-                index = teacher["index"]
-                self.objective.sampler.row_keys = row_keys(seed, 0, index) + row_keys(seed, 1, index)
             with autocast_context(self.device, self.amp_dtype):
-                losses = LossBreakdown(*self.step_module(teacher, student))
+                losses = LossBreakdown(*self.step_module(teacher, student, seed))
             if not self._all_finite(losses.total):
                 if self.context.enabled:  # DDP expects a backward after each forward; its grads are dropped
                     (losses.total * 0.0).backward()
@@ -338,13 +296,10 @@ class Trainer:
 
     # --- checkpoints -----------------------------------------------------------------------
     def checkpoint(self) -> dict:
+        """The run's record (casd.checkpoint) with the weights and everything a resume continues from."""
         return {
+            **self.record,
             "model": self.model.state_dict(),
-            "model_kind": model_kind(self.model),
-            "model_config": self.model.config.to_dict(),
-            "objective_config": asdict(self.objective.config),
-            "train_config": asdict(self.config),
-            "metadata": self.metadata,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -355,23 +310,11 @@ class Trainer:
         """Restore model, optimiser, schedule and progress from a checkpoint of this run.
 
         Everything that shapes the trajectory must match the checkpoint (model, objective,
-        training settings, data); a mismatch is an error that names the differing fields.
+        training settings, data, evaluation seeds); a mismatch is a CheckpointError that names
+        the differing fields (casd.checkpoint.check_resumable).
         """
-        checkpoint = torch.load(path, map_location=self.device, weights_only=True)
-        mine = self.checkpoint()
-        differences = []
-        for section in ("model_kind", "model_config", "objective_config", "train_config", "metadata"):
-            saved, current = checkpoint.get(section), mine[section]
-            if isinstance(current, dict) and isinstance(saved, dict):
-                keys = sorted(set(saved) | set(current))
-                differences += [f"{section}.{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}"
-                                for k in keys if saved.get(k) != current.get(k)
-                                and not (section == "train_config" and k in RESUME_FREE_FIELDS)]
-            elif saved != current:
-                differences.append(f"{section}: checkpoint {saved!r}, now {current!r}")
-        if differences:
-            raise ValueError(f"--resume: {path} was written by a different run configuration:\n  "
-                             + "\n  ".join(differences) + "\nrerun with the original flags or a new --out")
+        checkpoint = read_checkpoint(path, self.device)
+        check_resumable(checkpoint, self.record, path)
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])

@@ -166,7 +166,7 @@ def test_distillation_matches_reference_formula():
 
 def test_classification_objective_runs_and_predicts_logits():
     model = CASDModel(ModelConfig(DIMS, output_dim=4, hidden=16, embed_dim=6, heads=2))
-    objective = CASDObjective(ObjectiveConfig(task="classification"))
+    objective = CASDObjective(ObjectiveConfig(), task="classification")
     teacher = random_batch(6, classes=4)
     losses = objective(model, teacher, dict(teacher, present=random_presence(6)))
     assert losses.task_teacher > 0
@@ -184,8 +184,13 @@ def test_model_config_rejects_bad_values(kwargs):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(task="ranking"), dict(backend="cuda"), dict(lambda_cd=-1.0)]
+    "kwargs", [dict(backend="cuda"), dict(lambda_cd=-1.0), dict(tau=0.0), dict(noise="row"), dict(num_samples=0)]
 )
 def test_objective_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         ObjectiveConfig(**kwargs)
+
+
+def test_objective_rejects_an_unknown_task():
+    with pytest.raises(ValueError, match="ranking"):
+        CASDObjective(ObjectiveConfig(), task="ranking")

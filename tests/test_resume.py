@@ -59,7 +59,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, capsys):
 
     # Resuming with a flag that changes the trajectory is refused, naming the flag.
     assert main([*ARGS, "--out", str(interrupted), "--resume", "--lr", "1e-2"]) == 2
-    assert "train_config.lr" in capsys.readouterr().err
+    assert "train.lr: checkpoint 0.003, now 0.01" in capsys.readouterr().err
 
     assert main([*ARGS, "--out", str(interrupted), "--resume"]) == 0
     a, b = (json.loads((run / "results.json").read_text()) for run in (reference, interrupted))

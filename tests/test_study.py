@@ -1,16 +1,23 @@
 """The robustness study (`python -m casd.study`) and its late-fusion baseline."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from casd.baseline import LateFusionConfig, LateFusionModel, LateFusionObjective, build_model, model_kind
+from casd.baseline import LateFusionConfig, LateFusionModel, LateFusionObjective
+from casd.errors import ConfigError
+from casd.flags import config_from_argv
 from casd.metrics import sweep_summary
 from casd.modalities import COMBINATION_NAMES
 from casd.objective import ObjectiveConfig
-from casd.study import aggregate, main as study, paired_differences, run_args, run_one
-from casd.train import build_parser as train_parser
+from casd.registry import MODEL_KINDS, build_model, model_kind
+from casd.serialize import to_dict
+from casd.study import main as study
+from casd.study.cli import STUDY_DEFAULTS
+from casd.study.reporting import aggregate, paired_differences
+from casd.study.running import VARIANTS, run_config, run_one
 
 DIMS = (12, 5, 7)
 
@@ -117,8 +124,8 @@ def test_study_runs_variants_and_seeds_reports_and_reuses_runs(tmp_path, capsys)
     assert list(report["variants"]) == ["casd", "late_fusion"] and report["seeds"] == [3, 4]
     for variant in ("casd", "late_fusion"):
         runs = [json.loads((out / variant / f"seed_{s}" / "results.json").read_text()) for s in (3, 4)]
-        assert [r["config"]["args"]["seed"] for r in runs] == [3, 4]
-        assert runs[0]["config"]["model_kind"] == variant
+        assert [r["config"]["train"]["seed"] for r in runs] == [3, 4]
+        assert runs[0]["config"]["model"]["kind"] == variant
         agg = report["variants"][variant]["aggregate"]
         for name, per_rate in agg["frame"]["metrics"].items():
             values = np.array([r["test"]["frame"]["metrics"][name] for r in runs])
@@ -151,14 +158,50 @@ def test_study_runs_variants_and_seeds_reports_and_reuses_runs(tmp_path, capsys)
     assert study(["--seed", "5", "--out", str(out)]) == 2
 
 
-def test_finished_runs_are_reused_with_default_flags_and_refused_with_others(tmp_path):
-    """results.json stores args as JSON (tuple defaults become lists): reuse must still match."""
+def test_variants_are_config_changes_and_every_model_kind_is_one():
+    base = config_from_argv(["--noise", "sample", "--lambda-cd", "0.03", "--hidden", "32"])
+    no_distill = run_config(base, "no_distill", 7, Path("/tmp/x"))
+    assert no_distill.objective.lambda_cd == 0.0  # the variant's change wins over the shared flag
+    assert no_distill.model.hidden == 32 and no_distill.objective.noise == "sample"
+    assert no_distill.train.seed == 7 and not no_distill.train.progress
+    assert run_config(base, "casd", 7, Path("/tmp/x")).objective.lambda_cd == 0.03
+    assert {k for k in MODEL_KINDS if k != "casd"} <= set(VARIANTS)
+    assert run_config(base, "late_fusion", 1, Path("/tmp/x")).model.kind == "late_fusion"
+
+
+def test_finished_runs_are_reused_with_the_same_config_and_refused_with_another(tmp_path):
+    """results.json stores the RunConfig as JSON (tuples become lists): reuse compares dataclasses."""
     out = tmp_path / "casd" / "seed_7"
     out.mkdir(parents=True)
-    args = vars(train_parser().parse_args(run_args("casd", 7, out, [])))
-    saved = {"config": {"args": json.loads(json.dumps({k: str(v) if hasattr(v, "parts") else v
-                                                       for k, v in args.items()}))}, "test": {"marker": 1}}
+    base = config_from_argv(STUDY_DEFAULTS)
+    config = run_config(base, "casd", 7, out)
+    saved = {"config": {**to_dict(config), "record": {"argv": []}}, "test": {"marker": 1}}
     (out / "results.json").write_text(json.dumps(saved))
-    assert run_one("casd", 7, out, [], report_only=True)["test"] == {"marker": 1}
-    with pytest.raises(ValueError, match="lambda_cd"):
-        run_one("casd", 7, out, ["--lambda-cd", "0.5"], report_only=True)
+    assert run_one(config, report_only=True)["test"] == {"marker": 1}
+    # Where and how it ran does not matter.
+    elsewhere = run_config(config_from_argv([*STUDY_DEFAULTS, "--threads", "1", "--no-progress"]), "casd", 7, out)
+    assert run_one(elsewhere, report_only=True)["test"] == {"marker": 1}
+    with pytest.raises(ConfigError, match="objective.lambda_cd"):
+        run_one(run_config(config_from_argv([*STUDY_DEFAULTS, "--lambda-cd", "0.5"]), "casd", 7, out),
+                report_only=True)
+
+
+def test_runs_written_before_run_config_are_reused_by_their_recorded_flags(tmp_path):
+    """A results.json of the branch-point casd held the parsed casd.train flags (config.args)."""
+    out = tmp_path / "casd" / "seed_7"
+    out.mkdir(parents=True)
+    args = {"data": None, "dataset": "mosi", "task": "regression", "synthetic_seed": 0,
+            "synthetic_samples": [64, 32, 48], "model": "casd", "hidden": 16, "embed_dim": 8, "layers": 1,
+            "heads": 2, "dropout": 0.1, "tau": 1.0, "weighting": "confidence", "distribution": "student_t",
+            "lambda_cd": 0.01, "samples": 4, "fused": False, "noise": "sample", "epochs": 1, "batch_size": 64,
+            "lr": 0.001, "weight_decay": 0.01, "patience": 6, "seed": 7, "amp": "auto",
+            "missing_protocol": "mixed", "missing_rate": 0.7, "eval_seed": 1111, "device": "auto",
+            "threads": 1, "out": str(out), "resume": False, "no_progress": True}
+    (out / "results.json").write_text(json.dumps({"config": {"args": args}, "test": {"marker": 2}}))
+    tiny = ["--synthetic-samples", "64", "32", "48", "--epochs", "1", "--hidden", "16", "--heads", "2",
+            "--embed-dim", "8"]
+    config = run_config(config_from_argv([*STUDY_DEFAULTS, *tiny]), "casd", 7, out)
+    assert run_one(config, report_only=True)["test"] == {"marker": 2}
+    with pytest.raises(ConfigError, match="model.hidden"):
+        run_one(run_config(config_from_argv([*STUDY_DEFAULTS, *tiny, "--hidden", "8"]), "casd", 7, out),
+                report_only=True)
