@@ -55,10 +55,10 @@ def build_parser(show_defaults: bool = True) -> argparse.ArgumentParser:
     data.add_argument("--task", choices=TASKS, default=default(d.data.task),
                       help="classification reads `classification_labels` (IEMOCAP-style)")
     data.add_argument("--synthetic-seed", type=int, default=default(synthetic.seed),
-                      help="seed of the embedded synthetic data set")
+                      help="seed of the embedded synthetic data set (not used with --data)")
     data.add_argument("--synthetic-samples", type=int, nargs=3, metavar=("TRAIN", "VALID", "TEST"),
                       default=default((synthetic.num_train, synthetic.num_valid, synthetic.num_test)),
-                      help="split sizes of the synthetic data set")
+                      help="split sizes of the synthetic data set (not used with --data)")
     model = p.add_argument_group("model")
     model.add_argument("--model", choices=sorted(MODEL_KINDS), default=default(d.model.kind),
                        help="; ".join(f"{k.name}: {k.description}" for k in MODEL_KINDS.values())
@@ -122,9 +122,10 @@ def build_parser(show_defaults: bool = True) -> argparse.ArgumentParser:
 
 
 # Flag (argparse dest) -> (the config section it sets, value -> {field: new value}).
-# "data.synthetic" is the synthetic data set's SyntheticConfig inside the data section.
+# "data.synthetic" is the synthetic data set's SyntheticConfig inside the data section; its
+# flags do nothing when the data come from a file (as they always did).
 FLAGS: dict[str, tuple[str, Callable[[Any], dict[str, Any]]]] = {
-    "data": ("data", lambda path: {"path": path, "synthetic": None}),
+    "data": ("data", lambda path: {} if path is None else {"path": path, "synthetic": None}),
     "dataset": ("data", lambda v: {"dataset": v}),
     "task": ("data", lambda v: {"task": v}),
     "synthetic_seed": ("data.synthetic", lambda v: {"seed": v}),
@@ -180,17 +181,16 @@ def config_from_flags(flags: dict[str, Any], base: RunConfig | None = None) -> R
         if dest in flags:
             changes.setdefault(section, {}).update(to_fields(flags[dest]))
             dests.setdefault(section, []).append(dest)
-    if "data.synthetic" in changes:
+    if "data.synthetic" in changes:  # the synthetic set's settings; ignored when the data come from a file
         names = _flag_names(dests.pop("data.synthetic"))
-        path = changes.get("data", {}).get("path", config.data.path)
-        if path is not None:
-            raise ConfigError(f"{names} set the synthetic data set, but the data come from {path}")
-        try:
-            synthetic = replace(config.data.synthetic, **changes.pop("data.synthetic"))
-        except ValueError as exc:
-            raise ConfigError(f"{names}: {exc}") from exc
-        changes.setdefault("data", {})["synthetic"] = synthetic
-        dests.setdefault("data", [])
+        synthetic_changes = changes.pop("data.synthetic")
+        if changes.get("data", {}).get("path", config.data.path) is None:
+            try:
+                synthetic = replace(config.data.synthetic, **synthetic_changes)
+            except ValueError as exc:
+                raise ConfigError(f"{names}: {exc}") from exc
+            changes.setdefault("data", {})["synthetic"] = synthetic
+            dests.setdefault("data", [])
     for section, fields_ in changes.items():
         try:
             config = replace(config, **{section: replace(getattr(config, section), **fields_)})

@@ -78,8 +78,7 @@ def test_flags_map_onto_the_config():
     assert not config.train.progress and config.evaluation.seed == 3 and config.device.threads == 1
     with_data = config_from_argv(["--data", "x.pkl"])
     assert with_data.data.path == Path("x.pkl") and with_data.data.synthetic is None
-    with pytest.raises(ConfigError, match="--synthetic-seed set the synthetic data set, but the data come from x.pkl"):
-        config_from_argv(["--data", "x.pkl", "--synthetic-seed", "3"])
+    assert config_from_argv(["--data", "x.pkl", "--synthetic-seed", "3"]) == with_data  # not used with --data
     with pytest.raises(ConfigError, match="--hidden, --heads: hidden .30. must be divisible by heads .4."):
         config_from_argv(["--hidden", "30", "--heads", "4"])
 
