@@ -48,7 +48,7 @@ class ModelConfig(EncoderConfig):
     embed_dim: int = 32
     nu_min: float = 2.0
     nu_init: float = 5.0
-    tau: float = 1.0
+    tau: float = 1.0  # temperature of pi; a run sets it from ObjectiveConfig.tau (RunConfig.network_config)
     weighting: str = "confidence"  # or "uniform" (ablation)
     distribution: str = "student_t"  # or "gaussian" (ablation)
 

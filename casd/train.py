@@ -26,7 +26,7 @@ from casd.config import RECORD_KEY, RunConfig
 from casd.data import Split, generate_synthetic, load_mmsa, split_from_mmsa
 from casd.device import resolve_device, set_threads
 from casd.distributed import DistContext, init_distributed, shutdown_distributed
-from casd.errors import UserError
+from casd.errors import CheckpointError, ConfigError, UserError
 from casd.evaluate import (ConditionResult, evaluate_conditions, selection_metric, summarise, test_conditions,
                            validation_conditions)
 from casd.flags import config_from_argv
@@ -121,11 +121,11 @@ def run(config: RunConfig) -> dict:
     if backend == "triton":
         triton_ops(device)  # fail now, with a clear message, rather than after data loading
     if context.enabled and config.output.dir is None:
-        raise ValueError("under torchrun pass --out: each process would pick its own timestamped folder")
+        raise ConfigError("under torchrun pass --out: each process would pick its own timestamped folder")
     out_dir = config.output.dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     config = replace(config, output=replace(config.output, dir=out_dir))  # config.json records where
     if config.output.resume and not (out_dir / "last.pt").exists():
-        raise FileNotFoundError(f"--resume: no checkpoint {out_dir / 'last.pt'}")
+        raise CheckpointError(f"--resume: no checkpoint {out_dir / 'last.pt'}")
     out_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(out_dir, context)
     torch.manual_seed(config.train.seed)
