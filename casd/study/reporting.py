@@ -76,7 +76,8 @@ def build_study(runs: dict[str, dict[int, dict]], descriptions: dict[str, tuple[
     """
     variants = list(runs)
     first = runs[variants[0]][seeds[0]]
-    data = first["config"]["record"]["data"]
+    # The data description: under "record" since RunConfig, directly under "config" before.
+    data = first["config"].get("record", first["config"])["data"]
     names = headline_metrics(data["dataset"], data["task"])
     study = {
         "command": command,
