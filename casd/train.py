@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from casd.baseline import LateFusionConfig, LateFusionModel, LateFusionObjective
-from casd.data import SyntheticConfig, Split, evaluation_conditions, generate_synthetic, load_mmsa, split_from_mmsa
+from casd.data import (SyntheticConfig, Split, evaluation_conditions, generate_synthetic, load_mmsa, split_from_mmsa,
+                        validate_splits)
 from casd.distributed import DistContext, init_distributed, shutdown_distributed
 from casd.evaluate import ConditionResult, evaluate_conditions, summarise
 from casd.kernels import BackendUnavailableError
@@ -210,6 +211,7 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
 
     splits, source = load_splits(args)
+    validate_splits(splits, args.dataset, args.task, source)  # every data problem, before a model is built
     meta = describe_data(splits, args, source)
     model, objective = build_model_and_objective(args, meta, backend)
     train_config = TrainConfig(
