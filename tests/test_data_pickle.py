@@ -431,3 +431,19 @@ def test_decoded_size_cap_explicit_and_default(tmp_path):
     _refused(pickle_forge.memo_amplified(copies=3, megabytes=1), PickleTooLargeError, "more than",
              max_bytes=2 * 2**20)
     assert restricted_load(io.BytesIO(pickle_forge.memo_amplified(copies=3, megabytes=1)))
+
+
+def test_unreadable_file_is_one_line(tmp_path, monkeypatch):
+    import re
+
+    from casd.data import safe_pickle
+
+    path = tmp_path / "locked.pkl"
+    path.write_bytes(pickle.dumps(1))
+
+    def denied(*args, **kwargs):  # tests run as root here, which reads any file: fake the refusal
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(safe_pickle, "open", denied, raising=False)
+    with pytest.raises(UnreadablePickleError, match=rf"^{re.escape(str(path))}: cannot read: Permission denied$"):
+        restricted_load(path)

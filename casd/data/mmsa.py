@@ -119,7 +119,7 @@ def _features(raw: dict, key: str, where: str) -> np.ndarray:
     if array.ndim != 3:
         raise _fail(where, f"{key!r} must have rank 3 [N, L, F], got shape {list(array.shape)}")
     require_frames(array.shape, key, where)
-    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: reported below
+    with np.errstate(all="ignore"):  # values beyond float32 (inf) or NaN: reported by the caller
         return array.astype(np.float32)
 
 
@@ -151,7 +151,8 @@ def _offenders(values: np.ndarray, bad: np.ndarray) -> str:
 def _lengths(raw: dict, key: str, max_len: int, where: str) -> np.ndarray:
     """Valid lengths: integers in [0, max_len] (MMSA writes them as lists or arrays)."""
     lengths = _per_sample(raw, key, where)
-    bad = ~np.isfinite(lengths) | (lengths < 0) | (lengths > max_len) | (np.mod(lengths, 1) != 0)
+    with np.errstate(all="ignore"):  # non-finite lengths are among the ones reported
+        bad = ~np.isfinite(lengths) | (lengths < 0) | (lengths > max_len) | (np.mod(lengths, 1) != 0)
     if bad.any():
         raise _fail(where, f"{key!r} must hold whole numbers in [0, {max_len}] (the padded length); "
                     f"{_offenders(lengths, bad)}")
@@ -165,7 +166,7 @@ def _labels(raw: dict, key: str, task: str, where: str) -> np.ndarray:
     if bad.any():
         raise _fail(where, f"{key!r} must hold finite labels; {_offenders(labels, bad)}")
     if task == "regression":
-        with np.errstate(over="ignore"):
+        with np.errstate(all="ignore"):
             labels = labels.astype(np.float32)
         if not np.isfinite(labels).all():
             raise _fail(where, f"{key!r} holds labels beyond float32's range")
@@ -222,7 +223,7 @@ def split_from_mmsa(raw: dict, task: str = "regression", where: str = "split",
         mask = text_bert[:, 1, :]
         if not np.isin(mask, (0, 1)).all():
             raise _fail(where, "the 'text_bert' attention mask (row 1) must hold only 0 and 1")
-        with np.errstate(over="ignore", invalid="ignore"):  # token ids are checked by the model's vocabulary
+        with np.errstate(all="ignore"):  # token ids are not used by the model; the mask was checked
             text_bert = text_bert.astype(np.float32)  # MMSA casts the BERT triple to float32 too
         text_lengths = mask.sum(axis=1).astype(np.int64)
     else:
