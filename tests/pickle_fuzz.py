@@ -120,7 +120,8 @@ def touch(value: object, depth: int = 0) -> None:
         assert value.dtype.kind in "biufcSUO", value.dtype
         if value.dtype.kind == "O":
             for item in value.flat:
-                assert type(item) in (str, bytes, int, float), type(item)
+                assert type(item) in (str, bytes, int, float, bool) or isinstance(
+                    item, (np.str_, np.bytes_, np.bool_, np.integer, np.floating)), type(item)
                 repr(item)
         else:
             assert value.nbytes == value.size * value.dtype.itemsize

@@ -2,7 +2,8 @@
 
 A child, so that a memory-unsafe load is a segfault of the child rather than of pytest, and
 so that its address space can be capped (1 GiB above its size after imports) without
-touching pytest's. About 1000 inputs: a few seconds of loads; `CASD_FUZZ_EXAMPLES` sets more
+touching pytest's. numpy RuntimeWarnings are errors there: bad values must be reported as a
+DataError, not warned about. About 1000 inputs: a few seconds of loads; `CASD_FUZZ_EXAMPLES` sets more
 for a longer local campaign.
 """
 import os
@@ -14,6 +15,8 @@ FUZZ = CHILD_PRELUDE + textwrap.dedent("""
     sys.path.insert(0, "tests")
     import pickle_fuzz  # imports hypothesis and builds the seed files before the cap
     cap_memory(1 << 30)
+    import warnings
+    warnings.simplefilter("error", RuntimeWarning)  # bad values are reported, not warned about
     pickle_fuzz.run(int(sys.argv[1]))
 """)
 

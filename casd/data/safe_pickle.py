@@ -15,17 +15,15 @@ item size reads heap memory. So this module reads the opcodes itself, as
   (instances of classes), ``PERSID``/``BINPERSID``, ``EXT1/2/4``, and the out-of-band buffers
   of protocol 5 (``NEXT_BUFFER``, ``READONLY_BUFFER``).
 - **Names** resolve to inert tokens (`ALLOWED_GLOBALS`), never to the callables themselves.
-  ``REDUCE`` on a token runs this module's builder for it, which checks the arguments and
-  makes the value from them; nothing the file names is ever called with the file's arguments.
-- **Arrays** come only from ``_reconstruct(ndarray, (0,), b'b')`` followed by ``BUILD`` with
-  ``(version, shape, dtype, fortran, data)``, or from protocol 5's
-  ``_frombuffer(buffer, dtype, shape, order[, axis permutation])``. The shape is at most `MAX_NDIM` non-negative
-  ints; the data is exactly ``size x itemsize`` bytes laid out C- or Fortran-contiguously (no
-  strides, no offsets); an object array's data is a list of exactly ``size`` str, bytes, int or
-  float values. Bool bytes must be 0/1 and str code points valid.
-- **Dtypes** come only from a typestr and a ``BUILD`` state that says "plain": kind b, i, u,
-  f, c (the usual sizes), S, U (the size from the state) or O, a byte order, and no fields,
-  subarray or metadata. The dtype is then made from ``"<order><kind><size>"`` alone.
+  ``REDUCE`` on a token runs a builder for it, which checks the arguments and makes the value
+  from them; nothing the file names is ever called with the file's arguments.
+- **numpy objects** come only from the calls and states numpy's reducers write:
+  ``_reconstruct(ndarray, (0,), b'b')`` + ``BUILD (version, shape, dtype, fortran, data)``,
+  protocol 5's ``_frombuffer(buffer, dtype, shape, order[, axes])``, ``dtype(typestr, align,
+  copy)`` + ``BUILD state``, ``scalar(dtype, data)``. `casd.data.numpy_state` checks them
+  (plain dtypes without fields; data of exactly size x item size bytes, contiguous; object
+  arrays of str, bytes, int or float) and builds each object itself. ``numpy.ndarray`` cannot
+  be called; ``BUILD`` only completes an array or dtype made by the previous ``REDUCE``.
 - **Memory**: every value built is charged its approximate size (array bytes, str/bytes
   objects, container slots, memo entries) *before* it is allocated; past ``max_bytes``
   (default `BASE_BUDGET` + `BUDGET_PER_FILE_BYTE` x file size) the load stops. Lengths in the
@@ -46,10 +44,7 @@ from __future__ import annotations
 
 import codecs
 import io
-import math
-import mmap
 import os
-import re
 import struct
 import sys
 from collections.abc import Callable
@@ -58,6 +53,8 @@ from typing import BinaryIO
 import numpy as np
 
 from casd.data.errors import CorruptPickleError, PickleTooLargeError, UnreadablePickleError, UnsafePickleError
+from casd.data.numpy_state import (MAX_NDIM, SLOT, RefusedState, array_from_buffer, array_from_state, dtype_from_state,
+                                   dtype_spec, is_int, scalar_from_bytes, short_repr)
 
 __all__ = ["ALLOWED_GLOBALS", "BASE_BUDGET", "BUDGET_PER_FILE_BYTE", "MAX_DEPTH", "MAX_NDIM", "SafeUnpickler",
            "UnsafePickleError", "default_budget", "restricted_load"]
@@ -67,20 +64,11 @@ BASE_BUDGET = 64 << 20  # bytes any file may decode to, so small files never hit
 # which spell them as text first); strings and containers cost a few times their encoding.
 BUDGET_PER_FILE_BYTE = 16
 MAX_DEPTH = 100  # MMSA files nest 4 deep: dict of splits -> dict of arrays -> array state
-MAX_NDIM = 32  # numpy 1.x's limit (numpy 2 allows 64)
 HIGHEST_PROTOCOL = 5
 
-_SLOT = 8  # a reference on the stack, in a list or tuple
+_SLOT = SLOT  # a reference on the stack, in a list or tuple
 _CONTAINER = 64  # an empty container object, or a memo / depth-table entry
 _ENTRY = 48  # a dict or set entry (hash table slot, amortised)
-_ARRAY = 128  # an ndarray object without its data
-
-_FIXED_SIZES = {"b": (1,), "i": (1, 2, 4, 8), "u": (1, 2, 4, 8), "f": (2, 4, 8), "c": (8, 16)}
-_CHAR_SIZES = {"S": 1, "U": 4}  # flexible kinds: bytes per character; the length is in the state
-_BYTE_ORDERS = ("<", ">", "=", "|")
-_NATIVE = "<" if sys.byteorder == "little" else ">"
-_TYPESTR = re.compile(r"([biufcSUO])([0-9]{0,6})")
-_OBJECT_ELEMENTS = frozenset({str, bytes, int, float})  # what an object array may hold
 _LEAVES = frozenset({str, bytes, bytearray, int, float, bool, type(None), np.ndarray})
 
 
@@ -136,29 +124,16 @@ def default_budget(file_size: int) -> int:
     return BASE_BUDGET + BUDGET_PER_FILE_BYTE * file_size
 
 
-def _short(value: object, limit: int = 60) -> str:
-    """A one-line repr, cut to `limit` characters, for error messages."""
-    text = repr(value) if not isinstance(value, (np.ndarray, _Pending, _Global)) else (
-        f"array{list(value.shape)} {value.dtype}" if isinstance(value, np.ndarray) else repr(value))
-    text = text.replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _is_int(value: object) -> bool:
-    return type(value) is int
-
-
-def _is_flag(value: object) -> bool:
-    """A bool as numpy pickles it: True/False, or 0/1 from old writers."""
-    return type(value) is bool or (type(value) is int and value in (0, 1))
-
-
 class SafeUnpickler:
-    """Interprets one pickle from `data` (bytes or a read-only mmap) under the rules above."""
+    """Interprets one pickle read from `file`, which holds `size` more bytes, under the rules above.
 
-    def __init__(self, data: bytes | mmap.mmap, source: str = "<stream>", max_bytes: int | None = None):
-        self.data, self.source = data, source
-        self.end = len(data)
+    The size is known up front, so every length in the pickle is checked against the bytes
+    that remain before anything is read.
+    """
+
+    def __init__(self, file: BinaryIO, size: int, source: str = "<stream>", max_bytes: int | None = None):
+        self.file, self.source = file, source
+        self.end = size
         self.max_bytes = default_budget(self.end) if max_bytes is None else int(max_bytes)
         self.pos = self.op_pos = 0
         self.charged = 0
@@ -194,15 +169,15 @@ class SafeUnpickler:
                                       f"({self.charged} bytes charged so far)") from None
         except (IndexError, KeyError, ValueError, TypeError, OverflowError, UnicodeError, struct.error,
                 RecursionError) as exc:  # stack underflow, missing memo key, bad number or text, ...
-            raise self.corrupt(f"{type(exc).__name__}: {_short(str(exc), 120)}") from None
+            raise self.corrupt(f"{type(exc).__name__}: {short_repr(str(exc), 120)}") from None
 
     def _run(self) -> object:
-        data, dispatch = self.data, self.dispatch
+        read, dispatch = self.file.read, self.dispatch
         while True:
             if self.pos >= self.end:
                 raise self.corrupt(f"the file ends at byte {self.end} before the STOP opcode")
             self.op_pos = self.pos
-            opcode = data[self.pos]
+            opcode = read(1)[0]
             self.pos += 1
             if opcode == 0x2E:  # STOP
                 return self.stack.pop()
@@ -217,17 +192,18 @@ class SafeUnpickler:
     def read(self, n: int) -> bytes:
         if n < 0 or n > self.end - self.pos:
             raise self.corrupt(f"an opcode needs {n} bytes but {self.end - self.pos} remain")
-        start = self.pos
-        self.pos += n
-        return self.data[start:self.pos]
+        data = self.file.read(n)
+        self.pos += len(data)
+        if len(data) != n:
+            raise self.corrupt(f"the file ended while being read ({n} bytes wanted, {len(data)} read)")
+        return data
 
     def readline(self) -> bytes:
-        stop = self.data.find(b"\n", self.pos)
-        if stop < 0:
+        line = self.file.readline(self.end - self.pos)
+        self.pos += len(line)
+        if not line.endswith(b"\n"):
             raise self.corrupt("a text argument has no terminating newline")
-        line = self.data[self.pos:stop]
-        self.pos = stop + 1
-        return line
+        return line[:-1]
 
     def _unpack(self, fmt: str) -> int:
         return struct.unpack(fmt, self.read(struct.calcsize(fmt)))[0]
@@ -365,9 +341,17 @@ class SafeUnpickler:
     def _op_binbytes8(self) -> None:
         self.push(self._sized("<Q"))
 
-    def _op_bytearray8(self) -> None:
-        payload = self._sized("<Q")
-        self.push(bytearray(payload))
+    def _op_bytearray8(self) -> None:  # protocol 5 arrays: read straight into the buffer they will view
+        size = self._unpack("<Q")
+        if size > self.end - self.pos:
+            raise self.corrupt(f"an opcode needs {size} bytes but {self.end - self.pos} remain")
+        self.charge(_SLOT + size)
+        payload = bytearray(size)
+        read = self.file.readinto(payload)
+        self.pos += read
+        if read != size:
+            raise self.corrupt(f"the file ended while being read ({size} bytes wanted, {read} read)")
+        self.stack.append(payload)
 
     # ---- opcodes: containers -------------------------------------------------------------------------
     def _op_mark(self) -> None:
@@ -516,7 +500,7 @@ class SafeUnpickler:
             raise self.corrupt("a global's module and name must be strings")
         token = ALLOWED_GLOBALS.get((module, name))
         if token is None:
-            raise self.unsafe(f"the name {_short(module + '.' + name, 120)}; only numpy arrays, numpy "
+            raise self.unsafe(f"the name {short_repr(module + '.' + name, 120)}; only numpy arrays, numpy "
                               f"scalars/dtypes and plain containers are allowed in a feature pickle")
         self.push_ref(token)
 
@@ -532,7 +516,7 @@ class SafeUnpickler:
         args = self.stack.pop()
         func = self.stack[-1]
         if not isinstance(func, _Global):
-            raise self.unsafe(f"calling {_short(func)} (only allowed globals can be called)")
+            raise self.unsafe(f"calling {short_repr(func)} (only allowed globals can be called)")
         if type(args) is not tuple:
             raise self.unsafe(f"{func.name} called with {type(args).__name__} arguments")
         if func.builder is None:
@@ -544,8 +528,11 @@ class SafeUnpickler:
         state = self.stack.pop()
         pending = self.stack[-1]
         if not isinstance(pending, _Pending):
-            raise self.unsafe(f"BUILD on {_short(pending)} (only on a numpy array or dtype being made)")
-        value = self._build_dtype(pending, state) if pending.kind == "dtype" else self._build_array(state)
+            raise self.unsafe(f"BUILD on {short_repr(pending)} (only on a numpy array or dtype being made)")
+        if pending.kind == "dtype":
+            value = self._numpy(dtype_from_state, pending.spec, state)
+        else:
+            value = self._numpy(array_from_state, state, self.charge)
         self.stack[-1] = value
         for key in pending.memo_keys:
             if self.memo.get(key) is pending:
@@ -554,65 +541,33 @@ class SafeUnpickler:
     # ---- builders for REDUCE ------------------------------------------------------------------------------
     def _reduce_reconstruct(self, args: tuple) -> _Pending:
         ok = (len(args) == 3 and args[0] is _NDARRAY and type(args[1]) is tuple and len(args[1]) == 1
-              and _is_int(args[1][0]) and args[1][0] == 0 and type(args[2]) in (bytes, str) and args[2] in (b"b", "b"))
+              and is_int(args[1][0]) and args[1][0] == 0 and type(args[2]) in (bytes, str) and args[2] in (b"b", "b"))
         if not ok:
-            raise self.unsafe(f"numpy _reconstruct{_short(args)}; numpy writes (numpy.ndarray, (0,), b'b')")
+            raise self.unsafe(f"numpy _reconstruct{short_repr(args)}; numpy writes (numpy.ndarray, (0,), b'b')")
         self.charge(_CONTAINER)
         return _Pending("array")
 
+    def _numpy(self, build: Callable, *args: object) -> object:
+        """Run a `casd.data.numpy_state` builder; its refusals name the file and offset."""
+        try:
+            return build(*args)
+        except RefusedState as exc:
+            raise self.unsafe(str(exc)) from None
+
     def _reduce_dtype(self, args: tuple) -> _Pending:
-        if len(args) != 3 or type(args[0]) is not str or not _is_flag(args[1]) or not _is_flag(args[2]):
-            raise self.unsafe(f"numpy.dtype{_short(args)}; expected (typestr, align, copy)")
-        match = _TYPESTR.fullmatch(args[0])
-        if match is None:
-            raise self.unsafe(f"dtype {args[0]!r:.40}; allowed: bool, int, uint, float, complex, bytes (S), "
-                              f"str (U) and object (O) without fields")
-        kind, digits = match.group(1), match.group(2)
-        if kind in _FIXED_SIZES and (not digits or int(digits) not in _FIXED_SIZES[kind]):
-            raise self.unsafe(f"dtype {args[0]!r} (sizes of {kind!r}: {_FIXED_SIZES[kind]})")
-        if kind == "O" and digits not in ("4", "8"):
-            raise self.unsafe(f"dtype {args[0]!r}")
+        spec = self._numpy(dtype_spec, args)
         self.charge(_CONTAINER)
-        return _Pending("dtype", (kind, int(digits) if kind in _FIXED_SIZES else None))
+        return _Pending("dtype", spec)
 
     def _reduce_scalar(self, args: tuple) -> np.generic:
-        if len(args) != 2 or not isinstance(args[0], np.dtype) or type(args[1]) not in (bytes, str):
-            raise self.unsafe(f"numpy scalar{_short(args)}; expected (dtype, bytes)")
-        dtype, raw = args
-        if dtype.kind == "O":
-            raise self.unsafe("an object-dtype numpy scalar")
-        raw = self._as_bytes(raw)
-        if len(raw) != dtype.itemsize:
-            raise self.unsafe(f"a {dtype} scalar of {len(raw)} bytes (its item size is {dtype.itemsize})")
-        self.charge(_ARRAY + dtype.itemsize)
-        flat = np.frombuffer(raw, dtype=dtype)
-        self._check_values(flat)
-        return flat[0]
+        return self._numpy(scalar_from_bytes, args, self.charge)
 
     def _reduce_frombuffer(self, args: tuple) -> np.ndarray:
-        if not 4 <= len(args) <= 5 or type(args[0]) not in (bytes, bytearray) or not isinstance(args[1], np.dtype):
-            raise self.unsafe(f"numpy _frombuffer{_short(args)}; expected (buffer, dtype, shape, order[, axes])")
-        buffer, dtype, shape, order = args[:4]
-        axes = args[4] if len(args) == 5 else None
-        if dtype.kind == "O" or order not in ("C", "F", "K") or (order == "K") != (axes is not None):
-            raise self.unsafe(f"numpy _frombuffer with dtype {dtype} and order {_short(order)}")
-        size = self._check_shape(shape)
-        if axes is not None and (type(axes) is not tuple or sorted(axes) != list(range(len(shape)))
-                                 or not all(_is_int(a) for a in axes)):
-            raise self.unsafe(f"numpy _frombuffer axis order {_short(axes)}; expected a permutation")
-        self._check_length(len(buffer), size, dtype)
-        self.charge(_ARRAY + size * dtype.itemsize)
-        # numpy's own _frombuffer with the arguments checked: a contiguous view of the buffer,
-        # or (numpy 2, order K) that view's axes permuted, e.g. a transposed array.
-        flat = np.frombuffer(buffer, dtype=dtype)
-        self._check_values(flat)
-        if axes is not None:
-            return flat.reshape(shape, order="C").transpose(axes)
-        return flat.reshape(shape, order=order)
+        return self._numpy(array_from_buffer, args, self.charge)
 
     def _reduce_encode(self, args: tuple) -> bytes:
         if len(args) != 2 or type(args[0]) is not str or args[1] not in ("latin1", "latin-1"):
-            raise self.unsafe(f"_codecs.encode{_short(args)}; only (text, 'latin1'), how protocols 0-2 spell bytes")
+            raise self.unsafe(f"_codecs.encode{short_repr(args)}; only (text, 'latin1'), how protocols 0-2 spell bytes")
         self.charge(_SLOT + len(args[0]))
         return args[0].encode("latin1")
 
@@ -622,7 +577,7 @@ class SafeUnpickler:
         elif len(args) == 1 and type(args[0]) in (list, tuple):
             items = args[0]
         else:
-            raise self.unsafe(f"{kind.__name__}{_short(args)}; expected a list of items")
+            raise self.unsafe(f"{kind.__name__}{short_repr(args)}; expected a list of items")
         self.charge(_CONTAINER + _ENTRY * len(items))
         value = kind(items)
         self.nest(value, items)
@@ -633,99 +588,8 @@ class SafeUnpickler:
 
     def _reduce_bytes(self, args: tuple) -> bytes:
         if args != ():
-            raise self.unsafe(f"bytes{_short(args)}; pickle writes only bytes() (for b'')")
+            raise self.unsafe(f"bytes{short_repr(args)}; pickle writes only bytes() (for b'')")
         return b""
-
-    # ---- numpy objects from validated state --------------------------------------------------------------
-    def _build_dtype(self, pending: _Pending, state: object) -> np.dtype:
-        kind, size = pending.spec
-        if type(state) is not tuple or not ((len(state) == 8 and state[0] == 3)
-                                            or (len(state) == 9 and state[0] == 4 and state[8] is None)):
-            raise self.unsafe(f"dtype state {_short(state)}; expected numpy's version-3 state")
-        _, order, subarray, names, fields, elsize, alignment, flags = state[:8]
-        if subarray is not None or names is not None or fields is not None:
-            raise self.unsafe("a dtype with fields or a subarray (only plain dtypes are allowed)")
-        if order not in _BYTE_ORDERS or not (_is_int(elsize) and _is_int(alignment) and _is_int(flags)):
-            raise self.unsafe(f"dtype state {_short(state)}")
-        if kind in _CHAR_SIZES:
-            if elsize < 1 or elsize % _CHAR_SIZES[kind] or elsize >= 2**31:
-                raise self.unsafe(f"a {kind} dtype of {elsize} bytes")
-            text = f"{order}{kind}{elsize // _CHAR_SIZES[kind]}"
-        elif kind == "O":
-            if order not in ("|", "=") or elsize not in (-1, np.dtype(object).itemsize):
-                raise self.unsafe(f"an object dtype with state {_short(state)}")
-            text = "O"
-        else:
-            if elsize not in (-1, size):
-                raise self.unsafe(f"a {kind}{size} dtype whose state says {elsize} bytes")
-            text = f"{'=' if order == '|' else order}{kind}{size}"
-        dtype = np.dtype(text)
-        if dtype.fields is not None or dtype.subdtype is not None or dtype.kind != kind:  # belt and braces
-            raise self.unsafe(f"dtype {text!r}")
-        return dtype
-
-    def _check_shape(self, shape: object) -> int:
-        if type(shape) is not tuple or len(shape) > MAX_NDIM or not all(_is_int(d) for d in shape):
-            raise self.unsafe(f"array shape {_short(shape)}; expected at most {MAX_NDIM} ints")
-        if any(d < 0 or d >= 2**63 for d in shape):
-            raise self.unsafe(f"array shape {_short(shape)}")
-        return math.prod(shape)
-
-    def _check_length(self, length: int, size: int, dtype: np.dtype) -> None:
-        if length != size * dtype.itemsize:
-            raise self.unsafe(f"array data of {length} bytes for {size} items of {dtype} "
-                              f"({size * dtype.itemsize} bytes); arrays must be contiguous, without strides or offsets")
-
-    def _check_values(self, flat: np.ndarray) -> None:
-        """Bytes numpy never writes: bool other than 0/1, str code points past U+10FFFF."""
-        if flat.dtype.kind == "b" and flat.size and flat.view(np.uint8).max() > 1:
-            raise self.unsafe("a bool array holding bytes other than 0 and 1")
-        if flat.dtype.kind == "U" and flat.size:
-            codes = flat.view(np.dtype(np.uint32).newbyteorder(flat.dtype.byteorder))
-            if codes.max() > 0x10FFFF:
-                raise self.unsafe("a str array holding invalid code points")
-
-    def _as_bytes(self, raw: object) -> bytes:
-        if type(raw) is str:  # old writers: latin-1 text, as numpy's own __setstate__ accepts
-            self.charge(len(raw))
-            return raw.encode("latin1")
-        return raw
-
-    def _build_array(self, state: object) -> np.ndarray:
-        if type(state) is tuple and len(state) == 5 and _is_int(state[0]) and state[0] == 1:
-            state = state[1:]
-        if type(state) is not tuple or len(state) != 4:
-            raise self.unsafe(f"array state {_short(state)}; expected (1, shape, dtype, fortran, data)")
-        shape, dtype, fortran, raw = state
-        if not isinstance(dtype, np.dtype) or not _is_flag(fortran):
-            raise self.unsafe(f"array state {_short(state)}")
-        size = self._check_shape(shape)
-        order = "F" if fortran else "C"
-        if dtype.kind == "O":
-            if type(raw) is not list or len(raw) != size:
-                raise self.unsafe(f"object array data {_short(raw)}; expected a list of {size} items")
-            bad = next((item for item in raw if type(item) not in _OBJECT_ELEMENTS), None)
-            if bad is not None:
-                raise self.unsafe(f"an object array holding {type(bad).__name__} (allowed: str, bytes, int, float)")
-            self.charge(_ARRAY + _SLOT * size)
-            flat = np.empty(size, dtype=object)
-            flat[:] = raw
-            array = np.empty(shape, dtype=object, order=order)
-            array[...] = flat.reshape(shape)  # numpy lists object items in C order either way
-            return array
-        if type(raw) not in (bytes, bytearray, str):
-            raise self.unsafe(f"array data {_short(raw)}; expected bytes")
-        raw = self._as_bytes(raw)
-        self._check_length(len(raw), size, dtype)
-        self.charge(_ARRAY + size * dtype.itemsize)
-        # ndarray.__setstate__ swaps non-native data to native order; so does the assignment.
-        native = np.dtype(_NATIVE + dtype.str[1:]) if dtype.byteorder in "<>" else dtype
-        array = np.empty(shape, dtype=native, order=order)
-        if size:
-            flat = np.frombuffer(raw, dtype=dtype)
-            self._check_values(flat)
-            array.reshape(-1, order="A")[...] = flat  # a view in memory order: the bytes as written
-        return array
 
     # ---- the result -------------------------------------------------------------------------------------------
     def _check_result(self, value: object) -> None:
@@ -743,7 +607,7 @@ class SafeUnpickler:
                     todo.extend(item.keys() if kind is dict else ())
                     todo.extend(item.values() if kind is dict else item)
                 continue
-            raise self.unsafe(f"the loaded value holds {_short(item)}")
+            raise self.unsafe(f"the loaded value holds {short_repr(item)}")
 
 
 _OPCODES: dict[int, str] = {ord(code): name for code, name in {
@@ -781,27 +645,25 @@ def _open_error(path: str, exc: OSError) -> UnreadablePickleError:
 def restricted_load(path_or_file: str | os.PathLike | BinaryIO, max_bytes: int | None = None) -> object:
     """Unpickle a feature file (a path or a binary file object) with `SafeUnpickler`.
 
-    `max_bytes` caps the decoded size (default `default_budget(file size)`). A path is mapped
-    into memory, not read, so only the decoded arrays take memory. Raises an
+    `max_bytes` caps the decoded size (default `default_budget(file size)`). A file object is
+    read from its current position and left after the pickle, as `pickle.load` does. Raises an
     `UnreadablePickleError` (a `casd.errors.DataError`) naming the file for any failure.
     """
     if hasattr(path_or_file, "read"):
         handle = path_or_file
         source = str(getattr(handle, "name", "<stream>"))
-        start = handle.tell() if handle.seekable() else None
-        data = handle.getvalue()[start:] if isinstance(handle, io.BytesIO) else handle.read()
-        unpickler = SafeUnpickler(data, source, max_bytes)
+        if not handle.seekable():
+            handle = io.BytesIO(handle.read())
+        start = handle.tell()
+        size = handle.seek(0, io.SEEK_END) - start
+        handle.seek(start)
+        unpickler = SafeUnpickler(handle, size, source, max_bytes)
         value = unpickler.load()
-        if start is not None:  # leave the file after the pickle, as pickle.load does
-            handle.seek(start + unpickler.pos)
+        handle.seek(start + unpickler.pos)
         return value
     source = os.fspath(path_or_file)
     try:
         with open(source, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size == 0:
-                return SafeUnpickler(b"", source, max_bytes).load()
-            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                return SafeUnpickler(mapped, source, max_bytes).load()
+            return SafeUnpickler(handle, os.fstat(handle.fileno()).st_size, source, max_bytes).load()
     except OSError as exc:
         raise _open_error(source, exc) from None
