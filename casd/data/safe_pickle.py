@@ -24,10 +24,12 @@ item size reads heap memory. So this module reads the opcodes itself, as
   (plain dtypes without fields; data of exactly size x item size bytes, contiguous; object
   arrays of str, bytes, int or float) and builds each object itself. ``numpy.ndarray`` cannot
   be called; ``BUILD`` only completes an array or dtype made by the previous ``REDUCE``.
-- **Memory**: every value built is charged its approximate size (array bytes, str/bytes
-  objects, container slots, memo entries) *before* it is allocated; past ``max_bytes``
-  (default `BASE_BUDGET` + `BUDGET_PER_FILE_BYTE` x file size) the load stops. Lengths in the
-  file are checked against the bytes that remain before anything is read.
+- **Memory**: every value is charged its approximate size (array bytes, str/bytes objects,
+  container slots, memo entries); past ``max_bytes`` (default `BASE_BUDGET` +
+  `BUDGET_PER_FILE_BYTE` x file size) the load stops. Values built from values already
+  decoded (an array copied from a memoized buffer, a set from a list) are charged before they
+  are allocated; what is read from the file is bounded by it, as every length in the file is
+  checked against the bytes that remain before anything is read.
 - **Shape of the result**: containers nest at most `MAX_DEPTH` deep (hashing a deeply
   nested tuple recurses in C without a guard), and the loaded value holds only plain values,
   numpy arrays, numpy scalars and dtypes (checked by a walk at the end).
