@@ -106,10 +106,13 @@ CRASH_WITH_STOCK_PICKLE = CHILD_PRELUDE + textwrap.dedent("""
 
 @pytest.mark.parametrize("name", ["object_array_over_bytes", "deep_tuple"])
 def test_control_stock_unpickler_crashes(name, tmp_path):
+    # With numpy 2.4 / Python 3.11 both segfault. A later numpy or Python may refuse them with an
+    # exception instead (a fix on their side); reading the value without error never happens.
     path = tmp_path / f"{name}.pkl"
     path.write_bytes(pickle_forge.HOSTILE[name]())
     child = run_child(CRASH_WITH_STOCK_PICKLE, str(path))
-    assert child.returncode == -signal.SIGSEGV, (child.returncode, child.stdout, child.stderr[-500:])
+    assert "survived" not in child.stdout, (child.returncode, child.stdout)
+    assert child.returncode == -signal.SIGSEGV or "Error" in child.stderr, (child.returncode, child.stderr[-500:])
 
 
 def test_control_stock_unpickler_accepts_a_field_past_the_item_size():
