@@ -23,7 +23,7 @@ import torch
 
 from casd.checkpoint import read_checkpoint, run_record
 from casd.config import RECORD_KEY, RunConfig
-from casd.data import Split, generate_synthetic, load_mmsa, split_from_mmsa
+from casd.data import DataDescription, Split, generate_synthetic, load_mmsa, split_from_mmsa, validate_splits
 from casd.device import resolve_device, set_threads
 from casd.distributed import DistContext, init_distributed, shutdown_distributed
 from casd.errors import CheckpointError, ConfigError, UserError
@@ -68,27 +68,18 @@ def load_splits(config: RunConfig) -> tuple[dict[str, Split], str]:
     return load_mmsa(data.path, data.task), str(data.path)
 
 
-def describe_data(splits: dict[str, Split], config: RunConfig, source: str) -> dict:
+def describe_data(config: RunConfig, source: str, description: DataDescription) -> dict:
     """What the model was trained on; checkpoints carry it so casd.predict can check new data."""
-    train = splits["train"]
-    labels = train.labels
     data = config.data
-    meta = {
+    return {
         "source": source,
         "dataset": data.dataset,
         "task": data.task,
-        "feature_dims": list(train.feature_dims),
-        "seq_lens": list(train.seq_lens),
-        "sizes": {s: splits[s].num_samples for s in SPLITS},
+        **description.as_meta(),
         "missing_protocol": config.train.missing_protocol,
         "missing_rate": config.train.missing_rate,
         "synthetic": asdict(data.synthetic) if data.path is None else None,
     }
-    if data.task == "classification":
-        meta["num_classes"] = int(max(int(splits[s].labels.max()) for s in SPLITS)) + 1
-    else:
-        meta["label_range"] = [float(labels.min()), float(labels.max())]
-    return meta
 
 
 def save_predictions(path: Path, results: list[ConditionResult], ids: np.ndarray) -> None:
@@ -131,7 +122,8 @@ def run(config: RunConfig) -> dict:
     torch.manual_seed(config.train.seed)
 
     splits, source = load_splits(config)
-    meta = describe_data(splits, config, source)
+    # every data problem is refused here, before a model is built
+    meta = describe_data(config, source, validate_splits(splits, config.data.dataset, config.data.task, source))
     model, objective = build_model_and_objective(config, meta, context)
     dataset, task = config.data.dataset, config.data.task
     selection = selection_metric(task)
