@@ -7,9 +7,10 @@ with the release pinned in ``.ci/triton36.txt``. No GPU is needed.
 
 The environment is a venv in which pip installs only the pinned requirements. A ``.pth``
 file in it appends, at start-up, the folders listed in ``$CASD_OUTER_SITE``: ``env()`` sets
-that to the site-packages folders of the running Python, so torch, numpy and everything
-else are the test run's own, while ``import triton`` finds the pinned release first (the
-venv's folder precedes the appended ones). The ``.pth`` is written after pip has run, so pip
+that to the running Python's ``sys.path`` (its site-packages, whatever ``.pth`` files and
+PYTHONPATH added; the standard library is there already and is skipped), so torch, numpy and
+everything else are the test run's own, while ``import triton`` finds the pinned release
+first (the venv's folder precedes the appended ones). The ``.pth`` is written after pip has run, so pip
 never sees, and never tries to replace, the outer Triton; and since the outer folders are
 not baked in, one environment serves every checkout and virtualenv built on the same Python.
 
@@ -28,7 +29,6 @@ import importlib.metadata
 import json
 import os
 import shutil
-import site
 import subprocess
 import sys
 import time
@@ -69,17 +69,15 @@ def _cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "casd"
 
 
-def _outer_site_dirs() -> list[str]:
-    dirs = list(site.getsitepackages())
-    if site.ENABLE_USER_SITE and os.path.isdir(site.getusersitepackages()):
-        dirs.append(site.getusersitepackages())
-    return dirs
+def _outer_paths() -> list[str]:
+    """Where the running Python finds its packages (site.addsitedir skips what is known)."""
+    return [path for path in sys.path if path and os.path.isdir(path)]
 
 
 def env(base: dict | None = None) -> dict:
     """Environment variables for running the pinned Python: ``base`` (default os.environ)
-    plus the running Python's site-packages folders for its ``.pth`` to append."""
-    return {**(os.environ if base is None else base), _OUTER_SITE: os.pathsep.join(_outer_site_dirs())}
+    plus the running Python's package folders for its ``.pth`` to append."""
+    return {**(os.environ if base is None else base), _OUTER_SITE: os.pathsep.join(_outer_paths())}
 
 
 def _triton_version(python: Path) -> str:
