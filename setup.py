@@ -15,10 +15,13 @@ setup(
     python_requires=">=3.10",
     packages=["casd", "casd.data", "casd.study", "casd.kernels"],
     package_dir={"casd": "casd", "casd.data": "casd/data", "casd.study": "casd/study", "casd.kernels": "kernels"},
+    # The ranges the tests have passed on (README, "Tested versions"): Triton 3.6.0 (the GPU
+    # machines') and 3.9.0 (CI); numpy 2.0.2 and 2.4.6 (1.26 fails: the tests use
+    # np.trapezoid); torch 2.13 (CI), and 2.11 is the GPU machines' release.
     install_requires=[
-        "torch>=2.4",
-        "triton>=3.0",
-        "numpy>=1.24",
+        "torch>=2.11",
+        "triton>=3.6,<3.10",
+        "numpy>=2.0",
         "tqdm>=4.60",        # progress bars for training and evaluation
         "matplotlib>=3.6",   # metric-versus-missing-rate plots
     ],

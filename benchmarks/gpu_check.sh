@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One prepared command for a lent GPU machine: kernel tests on CUDA, a trimmed benchmark sweep,
-# the report. Everything lands in OUTDIR; a short table is printed last.
+# One prepared command for a lent GPU machine: the versions and each kernel's registers and spills
+# as the JIT compiles them there, kernel tests on CUDA, a trimmed benchmark sweep, the report.
+# Everything lands in OUTDIR; short tables are printed last.
 #
 #   bash benchmarks/gpu_check.sh OUTDIR
 #
@@ -11,8 +12,9 @@
 # goes on. Without a GPU it rehearses the same stages on tiny shapes, the fused kernels through
 # Triton's interpreter, so that the GPU run cannot fail on a typo.
 #
-# OUTDIR receives (7 files at most): gpu_check.log, bench_ops_fp32.json, bench_e2e.json,
-# bench_ops_bf16.json, summary.md, speedups.png, profile.tar.gz.
+# OUTDIR receives (8 files at most): gpu_check.log, kernels.json (torch/Triton versions, registers
+# and spills per kernel and shape), bench_ops_fp32.json, bench_e2e.json, bench_ops_bf16.json,
+# summary.md, speedups.png, profile.tar.gz.
 set -u
 
 if [ $# -ne 1 ]; then
@@ -49,6 +51,7 @@ run_stage() {  # name max_seconds command...
     shift 2
     local left=$((BUDGET - (SECONDS - START) - RESERVE))
     local limit=$((max < left ? max : left))
+    : > "$STAGE_LOG"  # a skipped stage must not leave the previous stage's output to be read as its own
     if [ "$limit" -lt 20 ]; then
         record "$name" "skipped (out of time budget)" 0
         return
@@ -111,7 +114,13 @@ export PY
 export -f environment
 run_stage environment 60 bash -c environment
 
-# 2. The kernel tests on CUDA (in the rehearsal: on the CPU through the interpreter).
+# 2. Registers and spills of every kernel as the JIT compiles it on this device, at the target
+#    shapes (D = 128 first; no new shape after 40 s), with the torch and Triton versions. The
+#    later stages then find these kernels in Triton's on-disk cache.
+run_stage kernel-resources 60 "$PY" -m benchmarks.device_kernels --out "$OUT/kernels.json" --budget 40
+KERNEL_TABLE="$(sed -n '/^kernels as compiled on the device/,$p' "$STAGE_LOG")"
+
+# 3. The kernel tests on CUDA (in the rehearsal: on the CPU through the interpreter).
 KERNEL_TESTS=()
 for f in tests/test_kernel_*.py tests/test_runtime.py; do
     [ -f "$f" ] && KERNEL_TESTS+=("$f")
@@ -122,7 +131,7 @@ else
     record kernel-tests "no tests/test_kernel_*.py found" 0
 fi
 
-# 3-5. Benchmarks: fp32 ops at the target shape, the end-to-end step (+ profiler traces), bf16 ops.
+# 4-6. Benchmarks: fp32 ops at the target shape, the end-to-end step (+ profiler traces), bf16 ops.
 run_stage bench-ops-fp32 150 "${BENCH[@]}" -k test_op "${SWEEP[@]}" --bench-dtypes fp32 \
     --benchmark-json "$OUT/bench_ops_fp32.json"
 run_stage bench-e2e 80 "${BENCH[@]}" -k test_train_step "${E2E_SWEEP[@]}" \
@@ -134,7 +143,7 @@ if [ -d "$PROFILE_DIR" ]; then
         echo "profile traces: $OUT/profile.tar.gz ($(ls "$PROFILE_DIR" | tr '\n' ' '))" >> "$LOG"
 fi
 
-# 6. The report over whatever JSON was written, then the short table.
+# 7. The report over whatever JSON was written, then the short table.
 JSONS=()
 for f in "$OUT"/bench_ops_fp32.json "$OUT"/bench_e2e.json "$OUT"/bench_ops_bf16.json; do
     if [ -s "$f" ]; then
@@ -155,6 +164,8 @@ fi
 echo
 echo "================ gpu_check ($MODE) finished in $((SECONDS - START))s; files in $OUT ================"
 printf '%s\n' "${STAGES[@]}"
+echo
+printf '%s\n' "${KERNEL_TABLE:-kernels.json: no kernel table (see gpu_check.log)}"
 echo
 printf '%s\n' "$REPORT_SHORT"
 ls -la "$OUT"

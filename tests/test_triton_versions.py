@@ -1,0 +1,197 @@
+"""The kernels under both Tritons we run: compiled for an H100 without spills, and interpreted.
+
+Development and CI run the installed Triton; the lent GPU machines run the one pinned in
+``.ci/triton36.txt`` (issue 13), and the same kernels compile to different register counts
+under each. So ``tests/sm90_resources.py`` compiles every kernel for sm_90 at the target
+shapes once per version, the pinned one in a cached second environment
+(``tests/pinned_triton.py``), the two in parallel; no GPU is needed. The registers and stack
+of every kernel under both versions are printed at the end of the run. The pinned Triton's
+CPU interpreter also runs the kernels against their references, since it needs a fix under
+current numpy (``kernels/interpreter_compat.py``).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pinned_triton
+import sm90_resources
+
+try:
+    INSTALLED = importlib.metadata.version("triton")
+except importlib.metadata.PackageNotFoundError:
+    INSTALLED = None
+PINNED = pinned_triton.pinned_version()
+VERSIONS = [v for v in dict.fromkeys([INSTALLED, PINNED]) if v is not None]
+
+# Kernels that spill today under Triton 3.6 (measured: 40 B of stack in the sampler's
+# forward, 32-80 B in its backward, 8 B in the mixture backward at D = 256). Issue 13 item 1
+# replaces their launch configurations; strict, so a kernel that stops spilling fails as
+# XPASS until its name is deleted here. Never widen this to silence a new spill.
+SPILLS_UNDER_TRITON_3_6 = {
+    "rsample forward D=64 fp32",
+    "rsample forward D=64 bf16",
+    "rsample forward D=96 fp32",
+    "rsample forward D=96 bf16",
+    "rsample forward D=128 fp32",
+    "rsample forward D=128 bf16",
+    "rsample forward D=256 fp32",
+    "rsample forward D=256 bf16",
+    "rsample backward D=64 fp32",
+    "rsample backward D=64 bf16",
+    "rsample backward D=96 fp32",
+    "rsample backward D=96 bf16",
+    "rsample backward D=128 fp32",
+    "rsample backward D=128 bf16",
+    "rsample backward D=256 fp32",
+    "rsample backward D=256 bf16",
+    "mixture backward D=256 fp32",
+}
+assert SPILLS_UNDER_TRITON_3_6 <= set(sm90_resources.target_names())
+
+
+def _case(version: str, kernel: str):
+    marks = []
+    if version.startswith("3.6.") and kernel in SPILLS_UNDER_TRITON_3_6:
+        # raises=AssertionError: only the spill assertion is the expected failure, not a
+        # broken environment or compile.
+        marks.append(pytest.mark.xfail(strict=True, raises=AssertionError,
+                                       reason="spills under Triton 3.6 until issue 13 item 1 lands"))
+    return pytest.param(version, kernel, marks=marks, id=f"triton{version}-{kernel.replace(' ', '-').replace('=', '')}")
+
+
+class _UsageTable:
+    """Compiles once per Triton version (both at once), keeps the results, prints them last."""
+
+    def __init__(self):
+        self.results: dict[str, dict | Exception] = {}
+        self.notes: list[str] = []
+
+    def compile_all(self) -> None:
+        import casd
+        import casd.kernels
+
+        kernels_dir = str(Path(casd.kernels.__file__).resolve().parent)
+        packages = ["--casd-dir", str(Path(casd.__file__).resolve().parent), "--kernels-dir", kernels_dir]
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        env["TRITON_DEFAULT_FP_FUSION"] = "1"  # Triton 3.9 warns when unset; 1 is its (and 3.6's) default
+        script = str(Path(sm90_resources.__file__).resolve())
+
+        def run(version: str) -> dict:
+            if version == INSTALLED:
+                python, run_env = Path(sys.executable), env
+            else:
+                python, info = pinned_triton.python_with_pinned_triton()
+                run_env = pinned_triton.env(env)
+                self.notes.append(f"Triton {version} environment: {info['source']} "
+                                  f"(venv {info.get('venv_seconds', '-')} s, pip {info.get('pip_seconds', '-')} s)")
+            result = subprocess.run([str(python), script, *packages], env=run_env, capture_output=True, text=True,
+                                    timeout=600)
+            if result.returncode != 0:
+                raise RuntimeError(f"compiling under Triton {version} failed:\n{result.stderr[-4000:]}")
+            lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+            header, kernels = lines[0], {k["name"]: k for k in lines[1:]}
+            if header["triton"] != version:
+                raise RuntimeError(f"{python} compiled with Triton {header['triton']}, expected {version}")
+            if str(Path(header["kernels"]).resolve()) != kernels_dir:
+                raise RuntimeError(f"{python} compiled the kernels in {header['kernels']}, not {kernels_dir}")
+            return kernels
+
+        # Two processes on two cores: the pinned environment is built (pip, mostly I/O)
+        # and compiles while the installed Triton compiles.
+        with concurrent.futures.ThreadPoolExecutor(len(VERSIONS)) as pool:
+            futures = {version: pool.submit(run, version) for version in VERSIONS}
+        for version, future in futures.items():
+            try:
+                self.results[version] = future.result()
+            except Exception as exc:  # noqa: BLE001 - reported by every test of that version
+                self.results[version] = exc
+
+    def usage(self, version: str, kernel: str) -> dict:
+        if not self.results:
+            self.compile_all()
+        result = self.results[version]
+        if isinstance(result, Exception):
+            raise result
+        assert kernel in result, f"{kernel} was not compiled under Triton {version}"
+        return result[kernel]
+
+    def pytest_terminal_summary(self, terminalreporter):
+        if not self.results:
+            return
+        write = terminalreporter.write_line
+        terminalreporter.write_sep("-", "sm_90 registers / stack bytes per kernel "
+                                        f"(B={sm90_resources.BATCH}, K={sm90_resources.COMPONENTS}, "
+                                        f"P={sm90_resources.POINTS}, S={sm90_resources.SAMPLES})")
+        write(f"{'kernel':<30}" + "".join(f"{'Triton ' + v:>18}" for v in VERSIONS) + "   seconds")
+        for name in sm90_resources.target_names() + sm90_resources.fp64_names():
+            cells, seconds = [], []
+            for version in VERSIONS:
+                found = self.results[version]
+                kernel = None if isinstance(found, Exception) else found.get(name)
+                if kernel is None:
+                    cells.append(f"{'-':>18}")
+                    continue
+                spill = "  SPILL" if kernel["stack"] else ""
+                cells.append(f"{kernel['regs']:>6} / {kernel['stack']:<4}{spill:>7}")
+                seconds.append(f"{kernel['seconds']:.1f}")
+            write(f"{name:<30}" + "".join(cells) + "   " + " / ".join(seconds))
+        for note in self.notes:
+            write(note)
+
+
+@pytest.fixture(scope="module")
+def sm90_usage(request) -> _UsageTable:
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    table = _UsageTable()
+    # A plugin object registered now still takes part in the terminal summary at the end.
+    request.config.pluginmanager.register(table, "casd-sm90-usage")
+    yield table
+
+
+@pytest.mark.parametrize(
+    "version, kernel", [_case(v, k) for v in VERSIONS for k in sm90_resources.target_names()]
+)
+def test_compiles_for_h100_without_register_spills(sm90_usage, version, kernel):
+    """The target shapes in fp32 and bf16 must compile for sm_90 without spilling."""
+    usage = sm90_usage.usage(version, kernel)
+    assert usage["stack"] == 0, f"{kernel} spills registers under Triton {version}: {usage}"
+    if usage["maxnreg"]:
+        assert usage["regs"] <= usage["maxnreg"], usage
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=lambda v: f"triton{v}")
+def test_the_fp64_test_path_compiles_for_h100(sm90_usage, version):
+    """float64 (gradchecks, references) only has to compile; it may spill."""
+    for kernel in sm90_resources.fp64_names():
+        assert sm90_usage.usage(version, kernel)["regs"] > 0
+
+
+# The kernel tests that compare values and gradients with the references (every kernel,
+# forward and backward) and the sampler's seeded noise, without the slower property and
+# statistics tests: 39 tests, about 30 s.
+_REFERENCE_TESTS = ["tests/test_kernel_mixture_logpdf.py", "tests/test_kernel_consistency_distillation.py",
+                    "tests/test_kernel_student_t_rsample.py"]
+
+
+@pytest.mark.skipif(INSTALLED == PINNED, reason="the installed Triton is the pinned one: the suite itself covers it")
+def test_the_pinned_tritons_interpreter_runs_the_kernels():
+    """The kernels against their references in the pinned Triton's CPU interpreter."""
+    python, _ = pinned_triton.python_with_pinned_triton()
+    env = pinned_triton.env({**os.environ, "CUDA_VISIBLE_DEVICES": ""})  # the interpreter, even on a GPU machine
+    result = subprocess.run(
+        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "benchmarks.repo_imports",
+         *_REFERENCE_TESTS, "-k", "reference or regenerates"],
+        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=600,
+    )
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    print(f"Triton {PINNED} interpreter: {summary}")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in summary and "failed" not in summary, summary
