@@ -4,7 +4,7 @@
         --condition frame_0.5 --out predictions.csv
 
 For every sample it writes the prediction (the score, or the class and its logits), the
-confidence ubar = sum_k pi_k u_k (lower = more confident; NaN for the late-fusion baseline,
+uncertainty ubar = sum_k pi_k u_k (higher = less sure; NaN for the late-fusion baseline,
 which has none) and the component weights pi over the 7 modality combinations, as CSV or JSON
 (chosen by --format or the --out suffix). When the data carry labels it also prints metrics.
 
@@ -104,7 +104,7 @@ def parse_condition(name: str | None, eval_seed: int) -> EvalCondition | None:
 
 def predict(model: torch.nn.Module, split: Split, condition: EvalCondition | None, device: torch.device,
             batch_size: int = 256) -> dict[str, np.ndarray]:
-    """output, confidence, weights for every sample of ``split`` under ``condition``."""
+    """output, uncertainty, weights for every sample of ``split`` under ``condition``."""
     present = None
     if condition is not None:
         split, present = apply_condition(split, condition)
@@ -129,7 +129,7 @@ def prediction_rows(split: Split, predicted: dict[str, np.ndarray], has_labels: 
             row.update({f"logit_{c}": _value(v) for c, v in enumerate(output)})
         else:
             row["prediction"] = _value(output)
-        row["confidence"] = _value(predicted["confidence"][i])
+        row["uncertainty"] = _value(predicted["uncertainty"][i])
         row.update({f"weight_{c}": _value(w) for c, w in zip(COMBINATION_NAMES, predicted["weights"][i])})
         rows.append(row)
     return rows

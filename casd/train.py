@@ -18,7 +18,6 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from casd.checkpoint import read_checkpoint, run_record
@@ -27,11 +26,12 @@ from casd.data import Split, generate_synthetic, load_mmsa, split_from_mmsa
 from casd.device import resolve_device, set_threads
 from casd.distributed import DistContext, init_distributed, shutdown_distributed
 from casd.errors import CheckpointError, ConfigError, UserError
-from casd.evaluate import (ConditionResult, evaluate_conditions, selection_metric, summarise, test_conditions,
+from casd.evaluate import (evaluate_conditions, selection_metric, summarise, test_conditions,
                            validation_conditions)
 from casd.flags import config_from_argv
 from casd.kernels import BackendUnavailableError
 from casd.kernels.runtime import triton_ops
+from casd.predictions import save_predictions
 from casd.registry import build_model, build_objective
 from casd.report import format_table, headline_metrics, plot_robustness
 from casd.serialize import to_dict
@@ -89,15 +89,6 @@ def describe_data(splits: dict[str, Split], config: RunConfig, source: str) -> d
     else:
         meta["label_range"] = [float(labels.min()), float(labels.max())]
     return meta
-
-
-def save_predictions(path: Path, results: list[ConditionResult], ids: np.ndarray) -> None:
-    """Per-sample outputs of every condition, so any metric can be recomputed later."""
-    arrays = {"ids": np.asarray(ids).astype(str), "labels": results[0].labels}
-    for r in results:
-        for key in ("output", "confidence", "weights"):
-            arrays[f"{r.condition.name}/{key}"] = getattr(r, key)
-    np.savez_compressed(path, **arrays)
 
 
 def build_model_and_objective(config: RunConfig, meta: dict, context: DistContext = DistContext()):

@@ -2,7 +2,7 @@
 
     entry points   train, predict, study, flags, report
     run config     config
-    training       trainer, checkpoint, evaluate
+    training       trainer, checkpoint, evaluate, predictions
     models         registry, model, baseline, encoders, objective, sampler, distillation
     services       data, metrics, device, distributed
     layers         layers
@@ -22,7 +22,7 @@ LEVEL = {
     "__init__": 8,  # the package root (casd/__init__.py) may offer anything
     "train": 7, "predict": 7, "study": 7, "flags": 7, "report": 7,
     "config": 6,
-    "trainer": 5, "checkpoint": 5, "evaluate": 5,
+    "trainer": 5, "checkpoint": 5, "evaluate": 5, "predictions": 5,
     "registry": 4, "model": 4, "baseline": 4, "encoders": 4, "objective": 4, "sampler": 4, "distillation": 4,
     "data": 3, "metrics": 3, "device": 3, "distributed": 3,
     "layers": 2,

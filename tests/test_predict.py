@@ -9,6 +9,7 @@ import pytest
 from casd.data import SyntheticConfig, generate_synthetic
 from casd.modalities import COMBINATION_NAMES
 from casd.predict import main as predict
+from casd.predictions import read_predictions
 from casd.train import main as train
 
 TINY = ["--synthetic-samples", "96", "48", "64", "--epochs", "2", "--hidden", "16", "--heads", "2",
@@ -34,10 +35,10 @@ def test_predictions_reproduce_the_training_runs_test_outputs(runs, tmp_path, co
     assert predict(["--checkpoint", str(runs / "casd" / "best.pt"), "--synthetic", "--condition", condition,
                     "--out", str(out)]) == 0
     rows = read_csv(out)
-    saved = np.load(runs / "casd" / "predictions.npz")
+    saved = read_predictions(runs / "casd" / "predictions.npz")
     assert [r["id"] for r in rows] == saved["ids"].tolist()
     np.testing.assert_allclose([float(r["prediction"]) for r in rows], saved[f"{condition}/output"], rtol=1e-6)
-    np.testing.assert_allclose([float(r["confidence"]) for r in rows], saved[f"{condition}/confidence"], rtol=1e-6)
+    np.testing.assert_allclose([float(r["uncertainty"]) for r in rows], saved[f"{condition}/uncertainty"], rtol=1e-6)
     weights = np.array([[float(r[f"weight_{c}"]) for c in COMBINATION_NAMES] for r in rows])
     np.testing.assert_allclose(weights, saved[f"{condition}/weights"], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(weights.sum(1), 1.0, rtol=1e-5)
@@ -59,14 +60,14 @@ def test_json_output_records_the_training_setup_and_metrics(runs, tmp_path):
     assert report["metrics"]["MAE"] == pytest.approx(np.abs(predictions - labels).mean(), rel=1e-5)
 
 
-def test_late_fusion_checkpoint_has_no_confidence_and_one_used_combination(runs, tmp_path):
+def test_late_fusion_checkpoint_has_no_uncertainty_and_one_used_combination(runs, tmp_path):
     out = tmp_path / "p.json"
     assert predict(["--checkpoint", str(runs / "late_fusion" / "best.pt"), "--synthetic",
                     "--condition", "modality_av", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["model_kind"] == "late_fusion"
     for p in report["predictions"]:
-        assert p["confidence"] is None
+        assert p["uncertainty"] is None
         assert [p[f"weight_{c}"] for c in COMBINATION_NAMES] == [0, 0, 0, 0, 0, 1, 0]
 
 
@@ -97,5 +98,5 @@ def test_unlabelled_new_data_gets_predictions_without_labels(runs, tmp_path, cap
     assert predict(["--checkpoint", str(runs / "casd" / "best.pt"), "--data", str(path), "--out", str(out)]) == 0
     rows = read_csv(out)
     assert len(rows) == 12 and "label" not in rows[0]
-    assert all(np.isfinite(float(r["prediction"])) and np.isfinite(float(r["confidence"])) for r in rows)
+    assert all(np.isfinite(float(r["prediction"])) and np.isfinite(float(r["uncertainty"])) for r in rows)
     assert "sequence lengths" in capsys.readouterr().err

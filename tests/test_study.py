@@ -54,10 +54,10 @@ def test_late_fusion_mixes_only_present_modalities_with_learned_weights():
     changed = dict(batch, vision=batch["vision"] + 5 * torch.randn_like(batch["vision"]))
     rows = ~present[:, 2]
     torch.testing.assert_close(model.predict(changed).output[rows], prediction.output[rows])
-    # Its one "component" is the combination of all present modalities; no confidence.
+    # Its one "component" is the combination of all present modalities; no uncertainty.
     used = [COMBINATION_NAMES.index("".join(m for m, p in zip("tav", row) if p)) for row in present.tolist()]
     assert prediction.weights.argmax(1).tolist() == used and torch.all(prediction.weights.sum(1) == 1)
-    assert torch.isnan(prediction.confidence).all()
+    assert torch.isnan(prediction.uncertainty).all()
 
 
 def test_late_fusion_objective_is_the_l1_task_loss_of_both_views():
