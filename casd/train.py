@@ -31,6 +31,7 @@ from casd.evaluate import (evaluate_conditions, selection_metric, summarise, tes
 from casd.flags import config_from_argv
 from casd.kernels import BackendUnavailableError
 from casd.kernels.runtime import triton_ops
+from casd.provenance import arrays_sha256, file_sha256, provenance
 from casd.predictions import save_predictions
 from casd.registry import build_model, build_objective
 from casd.report import format_table, headline_metrics, plot_robustness
@@ -59,13 +60,15 @@ def setup_logging(out_dir: Path, context: DistContext = DistContext()) -> None:
         log.addHandler(handler)
 
 
-def load_splits(config: RunConfig) -> tuple[dict[str, Split], str]:
-    """The train/valid/test splits of the run's data, and a description of where they came from."""
+def load_splits(config: RunConfig) -> tuple[dict[str, Split], str, dict]:
+    """The train/valid/test splits of the run's data, a description of where they came from, and
+    the run's provenance (casd.provenance: code versions and the data's SHA-256)."""
     data = config.data
     if data.path is None:
         raw = generate_synthetic(data.synthetic)
-        return {s: split_from_mmsa(raw[s], data.task) for s in SPLITS}, f"synthetic(seed={data.synthetic.seed})"
-    return load_mmsa(data.path, data.task), str(data.path)
+        splits = {s: split_from_mmsa(raw[s], data.task) for s in SPLITS}
+        return splits, f"synthetic(seed={data.synthetic.seed})", provenance(arrays_sha256(raw), "generated arrays")
+    return load_mmsa(data.path, data.task), str(data.path), provenance(file_sha256(data.path), "file")
 
 
 def describe_data(splits: dict[str, Split], config: RunConfig, source: str) -> dict:
@@ -121,18 +124,18 @@ def run(config: RunConfig) -> dict:
     setup_logging(out_dir, context)
     torch.manual_seed(config.train.seed)
 
-    splits, source = load_splits(config)
+    splits, source, origin = load_splits(config)
     meta = describe_data(splits, config, source)
     model, objective = build_model_and_objective(config, meta, context)
     dataset, task = config.data.dataset, config.data.task
     selection = selection_metric(task)
     valid_conditions = validation_conditions(config.evaluation.seed)
-    record = run_record(to_dict(config), model, meta)
+    record = run_record(to_dict(config), model, meta, origin)
     trainer = Trainer(model, objective, splits["train"], splits["valid"], valid_conditions, config.train,
                       dataset, task, device, out_dir, record, selection, context)
     snapshot = {**record["config"], RECORD_KEY: {
         "argv": sys.argv, "model_kind": record["model_kind"], "model_config": record["model_config"],
-        "data": meta, "world_size": context.world_size}}
+        "data": meta, "world_size": context.world_size, "provenance": origin}}
     if context.is_main:
         (out_dir / "config.json").write_text(json.dumps(snapshot, indent=2))
     log.info("data %s: %s samples, feature dims %s", source, meta["sizes"], meta["feature_dims"])
@@ -157,6 +160,7 @@ def run(config: RunConfig) -> dict:
                       "valid_conditions": [asdict(c) for c in valid_conditions]},
         "history": state.history,
         "test": summary,
+        "provenance": origin,
         "environment": {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
                         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
                         "world_size": context.world_size, "threads": torch.get_num_threads()},

@@ -4,7 +4,7 @@
     run config     config
     training       trainer, checkpoint, evaluate, predictions
     models         registry, model, baseline, encoders, objective, sampler, distillation
-    services       data, metrics, device, distributed
+    services       data, metrics, device, distributed, provenance
     layers         layers
     tables         modalities, vocab, errors, serialize, _version
     kernels        casd.kernels (torch and triton only)
@@ -24,7 +24,7 @@ LEVEL = {
     "config": 6,
     "trainer": 5, "checkpoint": 5, "evaluate": 5, "predictions": 5,
     "registry": 4, "model": 4, "baseline": 4, "encoders": 4, "objective": 4, "sampler": 4, "distillation": 4,
-    "data": 3, "metrics": 3, "device": 3, "distributed": 3,
+    "data": 3, "metrics": 3, "device": 3, "distributed": 3, "provenance": 3,
     "layers": 2,
     "modalities": 1, "vocab": 1, "errors": 1, "serialize": 1, "_version": 1,
     "kernels": 0,
