@@ -49,5 +49,6 @@ setup(
         "casd-train=casd.train:main",
         "casd-predict=casd.predict:main",
         "casd-study=casd.study.cli:main",
+        "casd=casd.mmsa_run:main",  # MMSA's command line: casd -m casd -d mosi -s 1111 -s 1112
     ]},
 )

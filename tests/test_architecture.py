@@ -1,6 +1,6 @@
 """The structure reads top-down: a module imports only from its own level or below.
 
-    entry points   train, predict, study, flags, report, inference
+    entry points   train, predict, study, flags, report, inference, mmsa_run (python -m casd), results_csv
     run config     config
     training       trainer, checkpoint, evaluate, predictions
     models         registry, model, baseline, encoders, objective, sampler, distillation
@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LEVEL = {
     "__init__": 8,  # the package root (casd/__init__.py) may offer anything
-    "inference": 7,
+    "inference": 7, "mmsa_run": 7, "results_csv": 7, "__main__": 7,
     "train": 7, "predict": 7, "study": 7, "flags": 7, "report": 7,
     "config": 6,
     "trainer": 5, "checkpoint": 5, "evaluate": 5, "predictions": 5,
