@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from casd.data import SyntheticConfig, TrainingMissingness, batch_to, batches_from_split, generate_synthetic, split_from_mmsa
+from casd.data import (SyntheticConfig, TrainingMissingness, batch_to, batches_from_split, generate_synthetic,
+                       split_from_mmsa)
 from casd.errors import ConfigError
 from casd.layers import ConsistencyDistillationLoss, StudentTSampler, set_backend
 from casd.model import CASDModel, ModelConfig

@@ -3,6 +3,7 @@ import csv
 import json
 import math
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -119,8 +120,8 @@ def test_a_config_file_of_mmsa_gets_a_hint(tmp_path, capsys):
 def test_each_model_runs_its_own_kind_whatever_the_base_config_says(tmp_path):
     base = RunConfig()
     late = model_config(base, "late_fusion", 7, tmp_path)
-    assert late.model.kind == "late_fusion" and late.train.seed == 7 and late.output.dir == tmp_path / "late_fusion" / "seed_7"
-    from dataclasses import replace
+    assert late.model.kind == "late_fusion" and late.train.seed == 7
+    assert late.output.dir == tmp_path / "late_fusion" / "seed_7"
     late_base = replace(base, model=replace(base.model, kind="late_fusion"))
     assert model_config(late_base, "casd", 7, tmp_path).model.kind == "casd"
     assert model_config(late_base, "no_distill", 7, tmp_path).objective.lambda_cd == 0.0
