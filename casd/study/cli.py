@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     write_markdown(study, args.out / "study.md")
     plot_study(study, args.out / "study.png", tuple(study["plot_metrics"]))
     if args.diagnose:
-        from casd.study.diagnostics import write_diagnostics  # scipy: only needed here
+        from casd.study.diagnostics import write_diagnostics  # loads checkpoints: only needed here
 
         casd_runs = [v for v in args.variants if configs[v][args.seeds[0]].model.kind == "casd"]
         write_diagnostics(args.out, casd_runs, args.seeds)
