@@ -34,7 +34,7 @@ from casd.kernels.runtime import triton_ops
 from casd.provenance import arrays_sha256, file_sha256, provenance
 from casd.predictions import save_predictions
 from casd.registry import build_model, build_objective
-from casd.report import format_table, headline_metrics, plot_robustness
+from casd.report import describe_source, format_table, headline_metrics, model_label, plot_robustness
 from casd.serialize import to_dict
 from casd.trainer import Trainer
 from casd.vocab import SPLITS
@@ -171,9 +171,10 @@ def run(config: RunConfig) -> dict:
         print("\n" + table + "\n", flush=True)
         (out_dir / "results.txt").write_text(table + "\n")
         save_predictions(out_dir / "predictions.npz", results, splits["test"].ids)
-        plot_robustness(summary, names, out_dir / "robustness.png", title=f"{config.model.kind} on {source}")
+        plot_robustness(summary, names, out_dir / "robustness.png",
+                        title=f"{model_label(config.model.kind)} on {describe_source(source)}, test split")
         (out_dir / "results.json").write_text(json.dumps(report, indent=2, default=float))
-        log.info("wrote %s (results.json, results.txt, predictions.npz, robustness.png, best.pt) in %.0fs",
+        log.info("wrote %s (results.json, results.txt, predictions.npz, robustness.png/.pdf, best.pt) in %.0fs",
                  out_dir, report["seconds"])
     context.barrier()
     return report

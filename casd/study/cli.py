@@ -76,5 +76,5 @@ def main(argv: list[str] | None = None) -> int:
     primary_frame, primary_modality = protocol_tables(study, study["primary_metric"])
     print("\n".join(["", f"{study['primary_metric']}, frame-level sweep", *primary_frame, "",
                      f"{study['primary_metric']}, modality combinations", *primary_modality, ""]))
-    print(f"wrote {args.out / 'study.md'}, study.json, study.png in {time.perf_counter() - started:.0f}s")
+    print(f"wrote {args.out / 'study.md'}, study.json, study.png/.pdf in {time.perf_counter() - started:.0f}s")
     return 0
