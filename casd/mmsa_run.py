@@ -182,7 +182,8 @@ def run(args: argparse.Namespace, shared: list[str]) -> dict[str, dict[int, dict
     args.out.mkdir(parents=True, exist_ok=True)
     reports: dict[str, dict[int, dict]] = {}
     for i, (model, seed) in enumerate((m, s) for m in models for s in seeds):
-        log.info("casd: %s, seed %d [%d/%d]", model, seed, i + 1, len(models) * len(seeds))
+        _console_logging()
+        log.info("%s: %s, seed %d [%d/%d]", PROG, model, seed, i + 1, len(models) * len(seeds))
         reports.setdefault(model, {})[seed] = run_one(configs[model][seed])
 
     long_path, table_path = args.out / "results.csv", args.out / f"{base.data.dataset}.csv"
@@ -193,6 +194,18 @@ def run(args: argparse.Namespace, shared: list[str]) -> dict[str, dict[int, dict
     write_rows(table_path, header, merge_rows(table_path, header, table, "Model", set(models)))
     _print_table(table_path, header)
     return reports
+
+
+def _console_logging() -> None:
+    """Progress to the console between runs (a run logs to its own train.log while it trains;
+    reused runs train nothing and would otherwise say nothing, or say it into the last run's log)."""
+    for handler in list(log.handlers):
+        handler.close()
+        log.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
 
 def _condition_metrics(test: dict, condition: str) -> dict[str, float]:
