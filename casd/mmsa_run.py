@@ -14,7 +14,9 @@ under ``--out`` (MMSA's ``--res-save-dir`` is accepted for it):
     DIR/results.csv            every test number in long form: model, seed, condition, metric, value
     DIR/<dataset>.csv          MMSA's table: one row per model, "(mean, std)" x100 per metric
 
-(casd/results_csv.py has the exact layouts.) Each seed runs through the study machinery
+(casd/results_csv.py has the exact layouts.) Rerunning into the same DIR adds or replaces
+models' rows; one DIR holds one data set's results (other data are refused before anything
+trains). Each seed runs through the study machinery
 (casd.study.running): a rerun reuses finished runs after checking that their recorded config
 is the one it would run, and resumes interrupted ones. Other flags are casd.train flags
 shared by every run (``--epochs 10 --threads 1``); without ``-c`` the runs key their sampling
