@@ -14,7 +14,7 @@ loss on both views (``casd.objective.task_loss`` with a single component and sam
     L = L_task(teacher) + L_task(student)
 
 so the only differences from CASD are the fusion (fixed weights instead of per-sample
-confidence) and the absence of distributions and distillation. It reports no confidence
+confidence) and the absence of distributions and distillation. It reports no uncertainty
 (NaN) and, as its component weights, a one-hot vector on the combination of present
 modalities (the only "component" it uses).
 """
@@ -79,8 +79,8 @@ class LateFusionModel(nn.Module):
         size = combination_membership(available.device).sum(1)  # [K]
         used = torch.argmax(available.float() * size, dim=1)  # the combination of all present ones
         weights = nn.functional.one_hot(used, available.shape[1]).float()
-        confidence = torch.full(output.shape[:1], float("nan"), device=output.device)
-        return Prediction(output, confidence, weights)
+        uncertainty = torch.full(output.shape[:1], float("nan"), device=output.device)
+        return Prediction(output, uncertainty, weights)
 
 
 class LateFusionObjective(nn.Module):

@@ -9,6 +9,8 @@ Layout (``FORMAT`` 2, written by casd.trainer.Trainer):
     model_config  the network config (dict), enough to rebuild the model with build_model
     metadata      the data it was trained on (casd.train.describe_data): source, data set kind,
                   task, feature dims, sequence lengths, split sizes, training missingness, ...
+    provenance    casd version, git commit, torch/triton/numpy versions, the data's SHA-256
+                  (casd.provenance; optional: absent from checkpoints written before it existed)
     model         the state dict
     optimizer, scheduler, scaler, state   what a resumed run continues from
 
@@ -54,10 +56,14 @@ def atomic_save(obj: object, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def run_record(config: dict, model: nn.Module, metadata: dict) -> dict:
-    """The part of every checkpoint of a run that describes it (``config``: RunConfig as JSON values)."""
-    return {"format": FORMAT, "config": config, "model_kind": model_kind(model),
-            "model_config": model.config.to_dict(), "metadata": metadata}
+def run_record(config: dict, model: nn.Module, metadata: dict, provenance: dict | None = None) -> dict:
+    """The part of every checkpoint of a run that describes it (``config``: RunConfig as JSON values;
+    ``provenance``: casd.provenance's record of the code and data, never compared on resume)."""
+    record = {"format": FORMAT, "config": config, "model_kind": model_kind(model),
+              "model_config": model.config.to_dict(), "metadata": metadata}
+    if provenance is not None:
+        record["provenance"] = provenance
+    return record
 
 
 def read_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict:

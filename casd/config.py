@@ -141,7 +141,7 @@ def load_config(path: str | os.PathLike) -> RunConfig:
         data = json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise ConfigError(f"--config: no file {path}") from exc
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--config: {path} is not JSON ({exc})") from exc
     if isinstance(data, dict):
         data = {k: v for k, v in data.items() if k != RECORD_KEY}

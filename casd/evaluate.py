@@ -46,7 +46,7 @@ class ConditionResult:
     condition: EvalCondition
     metrics: dict[str, float]
     output: np.ndarray  # [N] scores or [N, C] logits
-    confidence: np.ndarray  # [N]
+    uncertainty: np.ndarray  # [N] ubar: higher = less sure
     weights: np.ndarray  # [N, K]
     labels: np.ndarray  # [N]
 
@@ -60,16 +60,16 @@ def predict_split(
     batch_size: int = 256,
     amp_dtype: torch.dtype | None = None,
 ) -> dict[str, np.ndarray]:
-    """Run ``model.predict`` over a split in order; returns output, confidence, weights."""
+    """Run ``model.predict`` over a split in order; returns output, uncertainty, weights."""
     was_training = model.training
     model.eval()
-    chunks: dict[str, list[np.ndarray]] = {"output": [], "confidence": [], "weights": []}
+    chunks: dict[str, list[np.ndarray]] = {"output": [], "uncertainty": [], "weights": []}
     try:
         for batch in make_loader(split, batch_size, shuffle=False, present=present):
             with autocast_context(device, amp_dtype):
                 prediction = model.predict(batch_to(batch, device))
             chunks["output"].append(prediction.output.float().cpu().numpy())
-            chunks["confidence"].append(prediction.confidence.float().cpu().numpy())
+            chunks["uncertainty"].append(prediction.uncertainty.float().cpu().numpy())
             chunks["weights"].append(prediction.weights.float().cpu().numpy())
     finally:
         model.train(was_training)

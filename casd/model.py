@@ -1,6 +1,7 @@
 """The CASD network (formulation §2): encoders -> combination embeddings -> Student-t mixture -> predictor."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -65,8 +66,15 @@ class ModelConfig(EncoderConfig):
 @dataclass
 class Prediction:
     output: torch.Tensor  # [B] regression score, or [B, C] class logits
-    confidence: torch.Tensor  # [B] ubar = sum_k pi_k u_k (lower = more confident)
+    uncertainty: torch.Tensor  # [B] ubar = sum_k pi_k u_k (formulation §3): higher = less sure
     weights: torch.Tensor  # [B, K] pi, zero for absent combinations
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        """Deprecated name of ``uncertainty`` (it holds ubar, where higher means less sure)."""
+        warnings.warn("Prediction.confidence is deprecated: it is ubar (higher = less sure); use "
+                      "Prediction.uncertainty", DeprecationWarning, stacklevel=2)
+        return self.uncertainty
 
 
 class CASDModel(nn.Module):
@@ -103,7 +111,7 @@ class CASDModel(nn.Module):
         return self.mixture(mu, log_sigma, nu, component_availability(batch["present"]))
 
     def predict_from_mixture(self, mixture: StudentTMixture) -> Prediction:
-        """y_hat = sum_k pi_k f(mu_k), with the confidence ubar and the weights pi."""
+        """y_hat = sum_k pi_k f(mu_k), with the uncertainty ubar and the weights pi."""
         outputs = self.predictor(mixture.mu).float()  # [B, K, O]
         weights = mixture.weights
         combined = (weights.unsqueeze(-1) * outputs).sum(1)

@@ -5,22 +5,28 @@
 The objective owns its randomness: ``ObjectiveConfig`` holds the noise strategy, the backend
 and the temperature, and ``CASDObjective`` builds its sampler (casd.sampler) and its L_cd
 (casd.distillation) from it.
+
+``CASDObjective`` trains any model that satisfies :class:`MixtureModel`, not only casd's own
+network: a model built on casd.layers (examples/late_fusion_lstm.py, examples/mmsa_casd_head.py)
+gets CASD's self-distillation from the same code, and the same numbers.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from casd.distillation import distillation_loss
 from casd.distributed import DistContext
-from casd.kernels import BACKENDS
-from casd.model import CASDModel
+from casd.kernels import BACKENDS, StudentTMixture
 from casd.sampler import Sampler, row_keys
 from casd.vocab import NOISE_STRATEGIES, TASKS
 
-__all__ = ["ObjectiveConfig", "LossBreakdown", "CASDObjective", "check_task", "concat_views", "task_loss"]
+__all__ = ["ObjectiveConfig", "LossBreakdown", "MixtureModel", "CASDObjective", "check_task", "concat_views",
+           "task_loss"]
 
 
 @dataclass(frozen=True)
@@ -95,8 +101,28 @@ def task_loss(outputs: torch.Tensor, labels: torch.Tensor, log_pi: torch.Tensor,
     return weighted.sum(-1).mean()
 
 
+@runtime_checkable
+class MixtureModel(Protocol):
+    """What CASDObjective needs from a model (casd.model.CASDModel is one; docs/layers.md).
+
+    - ``model(batch)`` -> ``StudentTMixture`` over the K = 7 modality combinations: mu and
+      log_sigma [B, K, D], nu [B, K], log_pi [B, K] with -inf for absent combinations (the
+      output of casd.layers.ConfidenceMixture, formulation §2-3). ``batch`` is a dict of
+      tensors with a leading batch dimension; the objective reads ``labels`` [B] and, for
+      ``noise="sample"``, ``index`` [B] (casd.data.make_loader provides both), and stacks the
+      teacher and student views of every key along dimension 0 before calling the model.
+    - ``model.predictor(z)``: the task head, z [..., D] -> [..., O] (O = 1 for regression,
+      the number of classes for classification), applied to the samples [2B, K, S, D].
+    """
+
+    predictor: Callable[[torch.Tensor], torch.Tensor]
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> StudentTMixture: ...
+
+
 class CASDObjective(nn.Module):
-    """L_task(teacher) + L_task(student) + lambda_cd * L_cd, with the sampler and L_cd it builds.
+    """L_task(teacher) + L_task(student) + lambda_cd * L_cd, with the sampler and L_cd it builds,
+    for any :class:`MixtureModel`.
 
     ``noise_seed`` (forward) keys the sampling noise when ``config.noise == "sample"``: row b
     of view v draws from ``row_keys(noise_seed, v, index_b)`` (casd.sampler), ``index`` being
@@ -121,7 +147,7 @@ class CASDObjective(nn.Module):
         return row_keys(noise_seed, 0, index) + row_keys(noise_seed, 1, index)
 
     def forward(
-        self, model: CASDModel, teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor],
+        self, model: MixtureModel, teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor],
         noise_seed: int | None = None,
     ) -> LossBreakdown:
         batch = teacher["labels"].shape[0]

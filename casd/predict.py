@@ -4,7 +4,7 @@
         --condition frame_0.5 --out predictions.csv
 
 For every sample it writes the prediction (the score, or the class and its logits), the
-confidence ubar = sum_k pi_k u_k (lower = more confident; NaN for the late-fusion baseline,
+uncertainty ubar = sum_k pi_k u_k (higher = less sure; NaN for the late-fusion baseline,
 which has none) and the component weights pi over the 7 modality combinations, as CSV or JSON
 (chosen by --format or the --out suffix). When the data carry labels it also prints metrics.
 
@@ -23,18 +23,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from casd.checkpoint import check_data_compatible, load_model, recorded_synthetic
-from casd.data import EvalCondition, Split, apply_condition, generate_synthetic, restricted_load, split_from_mmsa
 from casd.device import resolve_device
 from casd.errors import UserError
-from casd.evaluate import predict_split, test_conditions
-from casd.metrics import compute_metrics
+from casd.inference import PredictionResult, TrainedModel, load
 from casd.modalities import COMBINATION_NAMES
 from casd.vocab import DATASETS, SPLITS, TASKS
 
-__all__ = ["load_data", "parse_condition", "predict", "main"]
+__all__ = ["build_parser", "prediction_rows", "run", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=SPLITS, default="test", help="split of a multi-split file")
     p.add_argument("--condition", default=None,
                    help="evaluation condition to apply: frame_0.0 .. frame_0.9 or modality_<t|a|v|ta|tv|av|tav>")
-    p.add_argument("--eval-seed", type=int, default=1111, help="base seed of the frame-level masks (as casd.train)")
+    p.add_argument("--eval-seed", type=int, default=None,
+                   help="base seed of the frame-level masks (default: the run's recorded --eval-seed, so "
+                   "frame_r reproduces its test masks)")
     p.add_argument("--dataset", choices=DATASETS,
                    help="data set kind; must match the checkpoint's (default: the checkpoint's)")
     p.add_argument("--task", choices=TASKS,
@@ -60,77 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _raw_split(path: Path, split: str) -> dict:
-    data = restricted_load(path)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a dict (of splits, or of one split's arrays), got {type(data).__name__}")
-    if "text" in data:  # one split's arrays at the top level
-        return data
-    if split not in data:
-        raise ValueError(f"{path}: no split {split!r} (present: {sorted(data)})")
-    return data[split]
-
-
-def load_data(args: argparse.Namespace, metadata: dict, task: str) -> tuple[Split, bool, str]:
-    """(split, whether it has labels, a description of where it came from)."""
-    if args.synthetic:
-        config = recorded_synthetic(metadata)
-        if config is None:
-            raise ValueError(f"--synthetic: the checkpoint was trained on {metadata.get('source')}, "
-                             "not on the synthetic data set; pass --data")
-        raw = generate_synthetic(config)[args.split]
-        where = f"synthetic(seed={config.seed}) split {args.split!r}"
-    else:
-        if not args.data.exists():
-            raise FileNotFoundError(f"no data file {args.data}")
-        raw = dict(_raw_split(args.data, args.split))
-        where = f"{args.data} split {args.split!r}"
-    label_key = f"{task}_labels"
-    has_labels = label_key in raw
-    if not has_labels:  # unlabelled new data: placeholder labels, no metrics
-        n = len(np.asarray(raw["text"])) if "text" in raw else 0
-        raw[label_key] = np.zeros(n, dtype=np.float32 if task == "regression" else np.int64)
-    return split_from_mmsa(raw, task, where=where), has_labels, where
-
-
-def parse_condition(name: str | None, eval_seed: int) -> EvalCondition | None:
-    if name is None or name == "none":
-        return None
-    conditions = {c.name: c for c in test_conditions(eval_seed)}
-    if name not in conditions:
-        raise ValueError(f"unknown condition {name!r}; choose none or one of {sorted(conditions)}")
-    return conditions[name]
-
-
-def predict(model: torch.nn.Module, split: Split, condition: EvalCondition | None, device: torch.device,
-            batch_size: int = 256) -> dict[str, np.ndarray]:
-    """output, confidence, weights for every sample of ``split`` under ``condition``."""
-    present = None
-    if condition is not None:
-        split, present = apply_condition(split, condition)
-    return predict_split(model, split, present, device, batch_size)
-
-
 def _value(x: np.floating) -> float | None:
     """A float32 as the shortest decimal that reads back to it (-1.6, not -1.600000023841858)."""
     return None if math.isnan(x) else float(str(np.float32(x)))
 
 
-def prediction_rows(split: Split, predicted: dict[str, np.ndarray], has_labels: bool, task: str,
-                    condition: str) -> list[dict]:
+def prediction_rows(result: PredictionResult, task: str) -> list[dict]:
     rows = []
-    for i in range(split.num_samples):
-        row = {"id": str(split.ids[i]), "condition": condition}
-        if has_labels:
-            row["label"] = _value(split.labels[i]) if task == "regression" else int(split.labels[i])
-        output = predicted["output"][i]
+    for i, sample_id in enumerate(result.ids):
+        row = {"id": str(sample_id), "condition": result.condition}
+        if result.labels is not None:
+            row["label"] = _value(result.labels[i]) if task == "regression" else int(result.labels[i])
+        output = result.output[i]
         if task == "classification":
             row["prediction"] = int(np.argmax(output))
             row.update({f"logit_{c}": _value(v) for c, v in enumerate(output)})
         else:
             row["prediction"] = _value(output)
-        row["confidence"] = _value(predicted["confidence"][i])
-        row.update({f"weight_{c}": _value(w) for c, w in zip(COMBINATION_NAMES, predicted["weights"][i])})
+        row["uncertainty"] = _value(result.uncertainty[i])
+        row.update({f"weight_{c}": _value(w) for c, w in zip(COMBINATION_NAMES, result.weights[i])})
         rows.append(row)
     return rows
 
@@ -146,26 +92,29 @@ def write_rows(rows: list[dict], header: dict, fmt: str, out) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    device = resolve_device(args.device)
-    model, checkpoint = load_model(args.checkpoint, device)
-    metadata = checkpoint["metadata"]
-    task = metadata["task"]
-    condition = parse_condition(args.condition, args.eval_seed)  # before loading data: fail fast
-    split, has_labels, where = load_data(args, metadata, args.task or task)
-    for note in check_data_compatible(split, metadata, has_labels, args.dataset, args.task):
+    trained: TrainedModel = load(args.checkpoint, resolve_device(args.device))
+    condition = trained.condition(args.condition, args.eval_seed)  # before loading data: fail fast
+    data: Path | dict = args.data
+    if args.synthetic:
+        data = trained.synthetic_split(args.split)
+        source = f"synthetic(seed={trained.metadata['synthetic']['seed']}) split {args.split!r}"
+    result = trained.predict(data, condition, split=args.split, dataset=args.dataset, task=args.task,
+                             batch_size=args.batch_size)
+    if args.synthetic:
+        result.source = source
+    for note in result.notes:
         print(f"casd.predict: note: {note}", file=sys.stderr)
-    predicted = predict(model, split, condition, device, args.batch_size)
-    condition_name = condition.name if condition is not None else "none"
-    metrics = compute_metrics(predicted["output"], split.labels, metadata["dataset"], task) if has_labels else None
+    metadata = trained.metadata
     header = {
-        "checkpoint": str(args.checkpoint), "model_kind": checkpoint.get("model_kind", "casd"),
-        "data": where, "condition": condition_name,
+        "checkpoint": str(args.checkpoint), "model_kind": trained.kind,
+        "data": result.source, "condition": result.condition,
         "condition_seed": list(condition.seed) if condition is not None and condition.seed else None,
         "trained_on": {k: metadata.get(k) for k in ("source", "dataset", "task", "feature_dims",
                                                     "missing_protocol", "missing_rate")},
-        "metrics": metrics,
+        "trained_with": trained.provenance,
+        "metrics": result.metrics,
     }
-    rows = prediction_rows(split, predicted, has_labels, task, condition_name)
+    rows = prediction_rows(result, trained.task)
     fmt = args.format or ("json" if args.out is not None and args.out.suffix == ".json" else "csv")
     if args.out is None:
         write_rows(rows, header, fmt, sys.stdout)
@@ -173,9 +122,9 @@ def run(args: argparse.Namespace) -> dict:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w", newline="") as handle:
             write_rows(rows, header, fmt, handle)
-    summary = f"casd.predict: {len(rows)} samples of {where} under {condition_name}"
-    if metrics:
-        summary += " | " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    summary = f"casd.predict: {len(rows)} samples of {result.source} under {result.condition}"
+    if result.metrics:
+        summary += " | " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
     print(summary + (f" -> {args.out}" if args.out else ""), file=sys.stderr)
     return {**header, "rows": rows}
 

@@ -5,7 +5,7 @@ objective that trains it. ``casd.train --model``, the checkpoint loader and the 
 variants all read this table, so a new model variant is one entry here (plus its module).
 
 Every model evaluates through ``Predictor.predict``: a batch dict (casd.data.loader) ->
-``Prediction`` (output, confidence ubar, component weights pi).
+``Prediction`` (output, uncertainty ubar, component weights pi).
 """
 from __future__ import annotations
 

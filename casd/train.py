@@ -18,7 +18,6 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from casd.checkpoint import read_checkpoint, run_record
@@ -27,13 +26,15 @@ from casd.data import DataDescription, Split, generate_synthetic, load_mmsa, spl
 from casd.device import resolve_device, set_threads
 from casd.distributed import DistContext, init_distributed, shutdown_distributed
 from casd.errors import CheckpointError, ConfigError, UserError
-from casd.evaluate import (ConditionResult, evaluate_conditions, selection_metric, summarise, test_conditions,
+from casd.evaluate import (evaluate_conditions, selection_metric, summarise, test_conditions,
                            validation_conditions)
 from casd.flags import config_from_argv
 from casd.kernels import BackendUnavailableError
 from casd.kernels.runtime import triton_ops
+from casd.provenance import arrays_sha256, file_sha256, provenance
+from casd.predictions import save_predictions
 from casd.registry import build_model, build_objective
-from casd.report import format_table, headline_metrics, plot_robustness
+from casd.report import describe_source, format_table, headline_metrics, model_label, plot_robustness
 from casd.serialize import to_dict
 from casd.trainer import Trainer
 from casd.vocab import SPLITS
@@ -59,13 +60,15 @@ def setup_logging(out_dir: Path, context: DistContext = DistContext()) -> None:
         log.addHandler(handler)
 
 
-def load_splits(config: RunConfig) -> tuple[dict[str, Split], str]:
-    """The train/valid/test splits of the run's data, and a description of where they came from."""
+def load_splits(config: RunConfig) -> tuple[dict[str, Split], str, dict]:
+    """The train/valid/test splits of the run's data, a description of where they came from, and
+    the run's provenance (casd.provenance: code versions and the data's SHA-256)."""
     data = config.data
     if data.path is None:
         raw = generate_synthetic(data.synthetic)
-        return {s: split_from_mmsa(raw[s], data.task) for s in SPLITS}, f"synthetic(seed={data.synthetic.seed})"
-    return load_mmsa(data.path, data.task), str(data.path)
+        splits = {s: split_from_mmsa(raw[s], data.task) for s in SPLITS}
+        return splits, f"synthetic(seed={data.synthetic.seed})", provenance(arrays_sha256(raw), "generated arrays")
+    return load_mmsa(data.path, data.task), str(data.path), provenance(file_sha256(data.path), "file")
 
 
 def describe_data(config: RunConfig, source: str, description: DataDescription) -> dict:
@@ -80,15 +83,6 @@ def describe_data(config: RunConfig, source: str, description: DataDescription) 
         "missing_rate": config.train.missing_rate,
         "synthetic": asdict(data.synthetic) if data.path is None else None,
     }
-
-
-def save_predictions(path: Path, results: list[ConditionResult], ids: np.ndarray) -> None:
-    """Per-sample outputs of every condition, so any metric can be recomputed later."""
-    arrays = {"ids": np.asarray(ids).astype(str), "labels": results[0].labels}
-    for r in results:
-        for key in ("output", "confidence", "weights"):
-            arrays[f"{r.condition.name}/{key}"] = getattr(r, key)
-    np.savez_compressed(path, **arrays)
 
 
 def build_model_and_objective(config: RunConfig, meta: dict, context: DistContext = DistContext()):
@@ -121,19 +115,19 @@ def run(config: RunConfig) -> dict:
     setup_logging(out_dir, context)
     torch.manual_seed(config.train.seed)
 
-    splits, source = load_splits(config)
+    splits, source, origin = load_splits(config)
     # every data problem is refused here, before a model is built
     meta = describe_data(config, source, validate_splits(splits, config.data.dataset, config.data.task, source))
     model, objective = build_model_and_objective(config, meta, context)
     dataset, task = config.data.dataset, config.data.task
     selection = selection_metric(task)
     valid_conditions = validation_conditions(config.evaluation.seed)
-    record = run_record(to_dict(config), model, meta)
+    record = run_record(to_dict(config), model, meta, origin)
     trainer = Trainer(model, objective, splits["train"], splits["valid"], valid_conditions, config.train,
                       dataset, task, device, out_dir, record, selection, context)
     snapshot = {**record["config"], RECORD_KEY: {
         "argv": sys.argv, "model_kind": record["model_kind"], "model_config": record["model_config"],
-        "data": meta, "world_size": context.world_size}}
+        "data": meta, "world_size": context.world_size, "provenance": origin}}
     if context.is_main:
         (out_dir / "config.json").write_text(json.dumps(snapshot, indent=2))
     log.info("data %s: %s samples, feature dims %s", source, meta["sizes"], meta["feature_dims"])
@@ -158,6 +152,7 @@ def run(config: RunConfig) -> dict:
                       "valid_conditions": [asdict(c) for c in valid_conditions]},
         "history": state.history,
         "test": summary,
+        "provenance": origin,
         "environment": {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
                         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
                         "world_size": context.world_size, "threads": torch.get_num_threads()},
@@ -168,9 +163,10 @@ def run(config: RunConfig) -> dict:
         print("\n" + table + "\n", flush=True)
         (out_dir / "results.txt").write_text(table + "\n")
         save_predictions(out_dir / "predictions.npz", results, splits["test"].ids)
-        plot_robustness(summary, names, out_dir / "robustness.png", title=f"{config.model.kind} on {source}")
+        plot_robustness(summary, names, out_dir / "robustness.png",
+                        title=f"{model_label(config.model.kind)} on {describe_source(source)}, test split")
         (out_dir / "results.json").write_text(json.dumps(report, indent=2, default=float))
-        log.info("wrote %s (results.json, results.txt, predictions.npz, robustness.png, best.pt) in %.0fs",
+        log.info("wrote %s (results.json, results.txt, predictions.npz, robustness.png/.pdf, best.pt) in %.0fs",
                  out_dir, report["seconds"])
     context.barrier()
     return report

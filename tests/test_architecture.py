@@ -1,12 +1,12 @@
 """The structure reads top-down: a module imports only from its own level or below.
 
-    entry points   train, predict, study, flags, report
+    entry points   train, predict, study, flags, report, inference, mmsa_run (python -m casd), results_csv
     run config     config
-    training       trainer, checkpoint, evaluate
+    training       trainer, checkpoint, evaluate, predictions
     models         registry, model, baseline, encoders, objective, sampler, distillation
-    services       data, metrics, device, distributed
+    services       data, metrics, device, distributed, provenance
     layers         layers
-    tables         modalities, vocab, errors, serialize
+    tables         modalities, vocab, errors, serialize, _version
     kernels        casd.kernels (torch and triton only)
 
 (docs/architecture.md draws this picture.) The check reads each module's imports statically,
@@ -20,13 +20,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LEVEL = {
     "__init__": 8,  # the package root (casd/__init__.py) may offer anything
+    "inference": 7, "mmsa_run": 7, "results_csv": 7, "__main__": 7,
     "train": 7, "predict": 7, "study": 7, "flags": 7, "report": 7,
     "config": 6,
-    "trainer": 5, "checkpoint": 5, "evaluate": 5,
+    "trainer": 5, "checkpoint": 5, "evaluate": 5, "predictions": 5,
     "registry": 4, "model": 4, "baseline": 4, "encoders": 4, "objective": 4, "sampler": 4, "distillation": 4,
-    "data": 3, "metrics": 3, "device": 3, "distributed": 3,
+    "data": 3, "metrics": 3, "device": 3, "distributed": 3, "provenance": 3,
     "layers": 2,
-    "modalities": 1, "vocab": 1, "errors": 1, "serialize": 1,
+    "modalities": 1, "vocab": 1, "errors": 1, "serialize": 1, "_version": 1,
     "kernels": 0,
 }
 # Within the models level the dependencies still point one way.

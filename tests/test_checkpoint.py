@@ -38,8 +38,9 @@ def test_old_checkpoint_loads_from_str_and_pathlike_and_predicts_as_it_did(tmp_p
     rows = json.loads(out.read_text())["predictions"]
     expected = EXPECTED["predict_modality_ta"]["rows"]
     assert [r["id"] for r in rows] == [r["id"] for r in expected]
-    for key in ("prediction", "confidence"):
-        np.testing.assert_allclose([r[key] for r in rows], [r[key] for r in expected], rtol=1e-5, atol=1e-6)
+    # The old casd called ubar "confidence"; it is the same number under its new name.
+    for key, old_key in (("prediction", "prediction"), ("uncertainty", "confidence")):
+        np.testing.assert_allclose([r[key] for r in rows], [r[old_key] for r in expected], rtol=1e-5, atol=1e-6)
     weights = [[r[f"weight_{c}"] for c in ("t", "a", "v", "ta", "tv", "av", "tav")] for r in rows]
     np.testing.assert_allclose(weights, [r["weights"] for r in expected], rtol=1e-5, atol=1e-7)
 

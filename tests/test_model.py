@@ -83,7 +83,7 @@ def test_model_prediction_is_weighted_sum_of_component_predictions():
     per_component = model.predictor(mixture.mu).squeeze(-1)
     torch.testing.assert_close(prediction.output, (mixture.weights * per_component).sum(1))
     assert torch.all(prediction.weights[~component_availability(batch["present"])] == 0)
-    assert prediction.confidence.shape == (5,) and torch.isfinite(prediction.confidence).all()
+    assert prediction.uncertainty.shape == (5,) and torch.isfinite(prediction.uncertainty).all()
 
 
 def test_missing_modality_does_not_influence_prediction():

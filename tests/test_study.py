@@ -54,10 +54,10 @@ def test_late_fusion_mixes_only_present_modalities_with_learned_weights():
     changed = dict(batch, vision=batch["vision"] + 5 * torch.randn_like(batch["vision"]))
     rows = ~present[:, 2]
     torch.testing.assert_close(model.predict(changed).output[rows], prediction.output[rows])
-    # Its one "component" is the combination of all present modalities; no confidence.
+    # Its one "component" is the combination of all present modalities; no uncertainty.
     used = [COMBINATION_NAMES.index("".join(m for m, p in zip("tav", row) if p)) for row in present.tolist()]
     assert prediction.weights.argmax(1).tolist() == used and torch.all(prediction.weights.sum(1) == 1)
-    assert torch.isnan(prediction.confidence).all()
+    assert torch.isnan(prediction.uncertainty).all()
 
 
 def test_late_fusion_objective_is_the_l1_task_loss_of_both_views():
@@ -136,7 +136,7 @@ def test_study_runs_variants_and_seeds_reports_and_reuses_runs(tmp_path, capsys)
     for row in [f"| r = {r / 10:.1f} |" for r in range(10)] + ["| mean |", "| AUC |", "| {t,a,v} |", "| {a} |"]:
         assert row in markdown
     assert markdown.count("### Frame-level") == len(report["metrics"]) and "Paired differences" in markdown
-    assert (out / "study.png").stat().st_size > 10_000
+    assert (out / "study.png").stat().st_size > 10_000 and (out / "study.pdf").stat().st_size > 10_000
 
     # Diagnostics of the confidence weights (CASD runs only), on the validation split.
     diagnostics = json.loads((out / "diagnostics.json").read_text())
@@ -205,3 +205,43 @@ def test_runs_written_before_run_config_are_reused_by_their_recorded_flags(tmp_p
     with pytest.raises(ConfigError, match="model.hidden"):
         run_one(run_config(config_from_argv([*STUDY_DEFAULTS, *tiny, "--hidden", "8"]), "casd", 7, out),
                 report_only=True)
+
+
+# --- the plot ------------------------------------------------------------------------------------
+def test_study_plot_reads_as_a_paper_figure(monkeypatch, tmp_path):
+    """Dots with error bars (no bars), axis labels that say which way is better, readable names,
+    paired differences against CASD; PNG and PDF. Drawn from the committed study, which predates
+    variant labels (they come from casd.study.running.VARIANTS then)."""
+    from matplotlib.container import BarContainer
+
+    from casd.study import reporting
+
+    study_ = json.loads((Path(__file__).parents[1] / "results" / "study" / "study.json").read_text())
+    figures = []
+    real_save = reporting.save_figure
+    monkeypatch.setattr(reporting, "save_figure", lambda fig, path: figures.append(fig) or real_save(fig, path))
+    written = reporting.plot_study(study_, tmp_path / "study.png", tuple(study_["plot_metrics"]))
+    assert [p.name for p in written] == ["study.png", "study.pdf"] and all(p.stat().st_size > 10_000 for p in written)
+    axes = [ax for ax in figures[0].get_axes() if ax.get_visible()]
+    assert len(axes) == len(study_["plot_metrics"]) + 2
+    assert not any(isinstance(c, BarContainer) for ax in axes for c in ax.containers)
+    for ax in axes[:-1]:
+        assert ax.get_ylabel().endswith(("(lower is better)", "(higher is better)")), ax.get_ylabel()
+    assert "advantage in MAE" in axes[-1].get_xlabel() and "> 0: CASD better" in axes[-1].get_xlabel()
+    names = [t.get_text() for sub in figures[0].subfigs for legend in sub.legends for t in legend.get_texts()]
+    assert names == ["CASD", "CASD w/o distillation", "CASD, uniform weights", "CASD, Gaussian", "late fusion"]
+    assert "synthetic data (seed 0)" in figures[0].get_suptitle() and "synthetic(" not in figures[0].get_suptitle()
+
+
+def test_paired_advantages_point_towards_the_better_model():
+    from casd.study.reporting import advantages
+
+    def variant(mae, corr):
+        summary = lambda values: {"frame": {"summary": {"MAE": {"auc": {"values": values[0]}},  # noqa: E731
+                                                        "Corr": {"auc": {"values": values[1]}}}},
+                                  "modality": {"mean": {"MAE": {"values": values[0]}, "Corr": {"values": values[1]}}}}
+        return {"aggregate": summary((mae, corr))}
+
+    study_ = {"variants": {"casd": variant([0.5, 0.6], [0.8, 0.7]), "worse": variant([0.7, 0.7], [0.6, 0.6])}}
+    np.testing.assert_allclose(advantages(study_, "casd", "MAE")["worse"]["frame AUC"], [0.2, 0.1])
+    np.testing.assert_allclose(advantages(study_, "casd", "Corr")["worse"]["modality mean"], [0.2, 0.1])

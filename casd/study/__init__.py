@@ -9,8 +9,9 @@ test conditions), then writes, under ``--out``:
   every metric under every condition, plus the command and environment;
 - ``study.md``: a table per protocol and headline metric (frame-level sweep r = 0.0..0.9 with
   its mean and AUC; the 7 modality combinations with their mean), and paired differences;
-- ``study.png``: each variant's metrics against the frame-level missing rate (mean +- std over
-  seeds) and the primary metric per modality combination;
+- ``study.png`` and ``study.pdf``: each variant's metrics against the frame-level missing rate
+  and the primary metric per modality combination (mean +- s.d. over seeds as dots with error
+  bars), and the paired per-seed differences of every variant against full CASD;
 - with ``--diagnose`` (synthetic data, regression), ``diagnostics.md``/``.json``: what the
   confidence weights of every CASD run do, on the *validation* split: how peaked they are, how
   they move under missing modalities, whether the mixture beats plain averaging, and whether

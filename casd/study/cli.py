@@ -69,12 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     write_markdown(study, args.out / "study.md")
     plot_study(study, args.out / "study.png", tuple(study["plot_metrics"]))
     if args.diagnose:
-        from casd.study.diagnostics import write_diagnostics  # scipy: only needed here
+        from casd.study.diagnostics import write_diagnostics  # loads checkpoints: only needed here
 
         casd_runs = [v for v in args.variants if configs[v][args.seeds[0]].model.kind == "casd"]
         write_diagnostics(args.out, casd_runs, args.seeds)
     primary_frame, primary_modality = protocol_tables(study, study["primary_metric"])
     print("\n".join(["", f"{study['primary_metric']}, frame-level sweep", *primary_frame, "",
                      f"{study['primary_metric']}, modality combinations", *primary_modality, ""]))
-    print(f"wrote {args.out / 'study.md'}, study.json, study.png in {time.perf_counter() - started:.0f}s")
+    print(f"wrote {args.out / 'study.md'}, study.json, study.png/.pdf in {time.perf_counter() - started:.0f}s")
     return 0

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 
 from casd.checkpoint import load_model, recorded_synthetic
 from casd.config import EvalConfig
 from casd.data import apply_condition, batch_to, evaluation_conditions, generate_synthetic, make_loader, split_from_mmsa
 from casd.evaluate import VALID_SEED_OFFSET
+from casd.metrics import spearman
 from casd.modalities import COMBINATION_NAMES, MODALITIES
 
 __all__ = ["DIAGNOSTIC_CONDITIONS", "confidence_diagnostics", "write_diagnostics"]
@@ -68,7 +68,7 @@ def confidence_diagnostics(run_dir: Path, split_name: str = "valid") -> dict:
         "max_weight": float(mixture.weights.max(1).values.mean()),
         "mae": {"mixture": mae((mixture.weights * outputs).sum(1)), "uniform_mean": mae(outputs.mean(1)),
                 "tav_component": mae(outputs[:, COMBINATION_NAMES.index("tav")])},
-        "rho_noise": {m[0]: float(spearmanr(u[:, i].numpy(), raw["noise_scale"][:, i]).correlation)
+        "rho_noise": {m[0]: spearman(u[:, i].numpy(), raw["noise_scale"][:, i])
                       for i, m in enumerate(MODALITIES)},
         "weights": weights,
     }

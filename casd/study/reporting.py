@@ -17,9 +17,11 @@ import torch  # noqa: E402
 
 from casd.metrics import higher_is_better  # noqa: E402
 from casd.modalities import COMBINATION_NAMES  # noqa: E402
-from casd.report import headline_metrics  # noqa: E402
+from casd.report import (axis_label, combination_label, describe_source, headline_metrics,  # noqa: E402
+                         metric_name, save_figure)
+from casd.study.running import VARIANTS  # noqa: E402
 
-__all__ = ["aggregate", "paired_differences", "build_study", "protocol_tables", "summary_table",
+__all__ = ["aggregate", "paired_differences", "advantages", "build_study", "protocol_tables", "summary_table",
            "write_markdown", "plot_study"]
 
 
@@ -91,6 +93,7 @@ def build_study(runs: dict[str, dict[int, dict]], descriptions: dict[str, tuple[
                        f"{first['environment']['device']}",
         "variants": {
             v: {"description": descriptions[v][0], "changes": descriptions[v][1],
+                "label": VARIANTS[v].label if v in VARIANTS else v,
                 "per_seed": {str(seed): r["test"] for seed, r in runs[v].items()},
                 "best_epochs": {str(seed): r["selection"]["best_epoch"] for seed, r in runs[v].items()},
                 "valid_scores": {str(seed): r["selection"]["valid_score"] for seed, r in runs[v].items()},
@@ -185,39 +188,115 @@ def write_markdown(study: dict, path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
-def plot_study(study: dict, path: Path, metrics: tuple[str, ...]) -> None:
-    """Panels: each metric vs the frame-level missing rate (mean +- std band), then grouped bars
-    of the primary metric per modality combination."""
+def _label(study: dict, name: str) -> str:
+    """A variant's name in plots; study.json files written before labels fall back to VARIANTS."""
+    return study["variants"][name].get("label") or (VARIANTS[name].label if name in VARIANTS else name)
+
+
+def _dodge(count: int, width: float) -> np.ndarray:
+    """x offsets that put ``count`` series side by side within ``width``, centred on 0."""
+    return (np.arange(count) - (count - 1) / 2) * (width / max(count, 1))
+
+
+def advantages(study: dict, reference: str, metric: str) -> dict[str, dict[str, np.ndarray]]:
+    """Per seed, how much better ``reference`` is than each other variant in ``metric`` (> 0:
+    the reference is better, for either direction of the metric), for the frame AUC and the
+    modality mean. Seeds pair up by position: every variant ran the study's seeds in order."""
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    ref = study["variants"][reference]["aggregate"]
+
+    def summaries(agg: dict) -> dict[str, np.ndarray]:
+        return {"frame AUC": np.asarray(agg["frame"]["summary"][metric]["auc"]["values"]),
+                "modality mean": np.asarray(agg["modality"]["mean"][metric]["values"])}
+
+    mine = summaries(ref)
+    return {name: {k: sign * (mine[k] - v) for k, v in summaries(variant["aggregate"]).items()}
+            for name, variant in study["variants"].items() if name != reference}
+
+
+def plot_study(study: dict, path: Path, metrics: tuple[str, ...]) -> list[Path]:
+    """The study in one figure, PNG and PDF.
+
+    Top row: each metric against the frame-level missing rate. Bottom: the primary metric
+    (``metrics[0]``) for each set of present modalities, and the paired differences against
+    full CASD (each seed's difference as a dot, their mean +- s.d. as a bar). Every point is a
+    mean over seeds with a +- 1 s.d. error bar; variants sit side by side, not on top of each
+    other; y-axes start where the data do (no bars, so nothing is truncated) and every axis
+    label says which direction is better.
+    """
     variants = list(study["variants"])
-    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(3.6 * (len(metrics) + 1), 3.4), squeeze=False)
-    axes = axes[0]
-    for ax, metric in zip(axes, metrics):
-        for v in variants:
+    seeds = len(study["seeds"])
+    primary = metrics[0]
+    colors = {v: f"C{i}" for i, v in enumerate(variants)}
+    reference = study.get("paired", {}).get("reference")
+    fig = plt.figure(figsize=(4.0 * max(len(metrics), 3), 8.4), layout="constrained")
+    # Two rows laid out on their own, so the long variant names of the paired panel do not
+    # squeeze the top row.
+    top, bottom = fig.subfigures(2, 1, height_ratios=(1, 1.1))
+    top_axes = top.subplots(1, len(metrics), squeeze=False)[0]
+    if reference:
+        combo_ax, paired_ax = bottom.subplots(1, 2, gridspec_kw={"width_ratios": (2, 1)})
+    else:
+        combo_ax, paired_ax = bottom.subplots(1, 1), None
+
+    # Metric vs frame-level missing rate: the rates are 0.1 apart, the variants share 0.05 of it.
+    for ax, metric in zip(top_axes, metrics):
+        for v, dx in zip(variants, _dodge(len(variants), 0.05)):
             agg = study["variants"][v]["aggregate"]["frame"]
-            mean = np.array([s["mean"] for s in agg["metrics"][metric]])
-            std = np.array([s["std"] for s in agg["metrics"][metric]])
-            ax.plot(agg["rates"], mean, marker="o", markersize=3, label=v)
-            ax.fill_between(agg["rates"], mean - std, mean + std, alpha=0.15)
-        ax.set_xlabel("frame-level missing rate r")
-        ax.set_title(metric)
+            rates = np.asarray(agg["rates"]) + dx
+            mean = [s["mean"] for s in agg["metrics"][metric]]
+            std = [s["std"] for s in agg["metrics"][metric]]
+            ax.plot(rates, mean, color=colors[v], linewidth=0.8, alpha=0.45)
+            ax.errorbar(rates, mean, yerr=std, fmt="o", markersize=3.5, capsize=2, elinewidth=1,
+                        color=colors[v], label=_label(study, v))
+        ax.set_xticks(np.round(np.arange(0.0, 1.0, 0.2), 1))
+        ax.set_xlabel("frame-level missing rate r (test)")
+        ax.set_ylabel(axis_label(metric))
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    ax, primary = axes[-1], metrics[0]
+    handles, labels = ax.get_legend_handles_labels()
+    top.legend(handles, labels, loc="outside upper center", ncol=len(variants), frameon=False)
+
+    # The primary metric per modality combination.
     combos = [c for c in COMBINATION_NAMES if c in study["variants"][variants[0]]["aggregate"]["modality"]["combinations"]]
-    width = 0.8 / len(variants)
-    low, high = np.inf, -np.inf
-    for i, v in enumerate(variants):
-        combos_agg = study["variants"][v]["aggregate"]["modality"]["combinations"]
-        mean = np.array([combos_agg[c][primary]["mean"] for c in combos])
-        std = np.array([combos_agg[c][primary]["std"] for c in combos])
-        ax.bar(np.arange(len(combos)) + (i - (len(variants) - 1) / 2) * width, mean, width,
-               yerr=std, label=v, capsize=1.5)
-        low, high = min(low, float((mean - std).min())), max(high, float((mean + std).max()))
-    pad = 0.1 * (high - low) + 1e-6
-    ax.set_ylim(low - pad, high + pad)  # differences between variants, not the distance from 0
-    ax.set_xticks(np.arange(len(combos)), ["{" + ",".join(c) + "}" for c in combos], fontsize=7)
-    ax.set_title(f"{primary} by modalities present")
-    fig.suptitle(f"Robustness study: {study['data']['source']}, {len(study['seeds'])} seeds (mean ± std)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    ax = combo_ax
+    for v, dx in zip(variants, _dodge(len(variants), 0.7)):
+        agg = study["variants"][v]["aggregate"]["modality"]["combinations"]
+        ax.errorbar(np.arange(len(combos)) + dx, [agg[c][primary]["mean"] for c in combos],
+                    yerr=[agg[c][primary]["std"] for c in combos], fmt="o", markersize=4, capsize=2,
+                    elinewidth=1, color=colors[v])
+    for boundary in np.arange(len(combos) - 1) + 0.5:
+        ax.axvline(boundary, color="0.85", linewidth=0.8)
+    ax.set_xticks(np.arange(len(combos)), [combination_label(c) for c in combos])
+    ax.set_xlim(-0.5, len(combos) - 0.5)
+    ax.set_xlabel("modalities present (test; the others missing in every sample)")
+    ax.set_ylabel(axis_label(primary))
+    ax.grid(axis="y", alpha=0.3)
+
+    if reference:  # paired differences: what each change does to full CASD, seed by seed
+        ax = paired_ax
+        others = [v for v in variants if v != reference]
+        for row, v in enumerate(others):
+            for (kind, values), dy, marker in zip(advantages(study, reference, primary)[v].items(), (-0.15, 0.15),
+                                                  ("o", "s")):
+                y = len(others) - 1 - row + dy
+                ax.scatter(values, np.full(len(values), y), s=12, color=colors[v], alpha=0.45, marker=marker,
+                           linewidths=0)
+                spread = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+                ax.errorbar(float(np.mean(values)), y, xerr=spread, fmt=marker, markersize=6, capsize=3,
+                            color=colors[v], markerfacecolor="white" if kind == "modality mean" else colors[v])
+        ax.axvline(0.0, color="0.3", linewidth=1)
+        for x, text, align in ((0.02, "← variant better", "left"), (0.98, f"{_label(study, reference)} better →", "right")):
+            ax.text(x, 1.01, text, transform=ax.transAxes, ha=align, va="bottom", fontsize=8, color="0.35")
+        ax.set_yticks(np.arange(len(others))[::-1], [_label(study, v) for v in others])
+        ax.set_ylim(-0.6, len(others) - 0.4)
+        ax.set_xlabel(f"{_label(study, reference)}'s advantage in {metric_name(primary)}\n"
+                      f"(> 0: {_label(study, reference)} better; per seed)")
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(handles=[plt.Line2D([], [], marker="o", color="0.3", linestyle=""),
+                           plt.Line2D([], [], marker="s", color="0.3", markerfacecolor="white", linestyle="")],
+                  labels=["frame AUC", "modality mean"], fontsize=8, loc="best")
+        ax.set_title(f"paired differences vs {_label(study, reference)}", fontsize=10, pad=16)
+
+    fig.suptitle(f"Robustness to missing modalities on {describe_source(study['data']['source'])}: "
+                 f"test split, mean ± s.d. over {seeds} seed{'s' if seeds != 1 else ''}")
+    return save_figure(fig, path)

@@ -21,6 +21,7 @@ from casd.config import RECORD_KEY, DeviceConfig, OutputConfig, RunConfig
 from casd.errors import ConfigError
 from casd.flags import config_from_flags
 from casd.registry import MODEL_KINDS
+from casd.report import model_label
 from casd.serialize import flatten, from_dict, to_dict
 
 __all__ = ["Variant", "VARIANTS", "run_config", "saved_config", "run_one"]
@@ -30,11 +31,17 @@ log = logging.getLogger("casd")
 
 @dataclass(frozen=True)
 class Variant:
-    """A named change to the shared config: ``{section: {field: value}}``."""
+    """A named change to the shared config: ``{section: {field: value}}``; ``label`` is its name
+    in plots ("CASD w/o distillation")."""
 
     name: str
     description: str
     changes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
 
     def apply(self, config: RunConfig) -> RunConfig:
         for section, values in self.changes.items():
@@ -48,11 +55,14 @@ class Variant:
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("casd", "full CASD"),
-    Variant("no_distill", "CASD without distillation (lambda_cd = 0)", {"objective": {"lambda_cd": 0.0}}),
-    Variant("uniform", "CASD with uniform component weights", {"model": {"weighting": "uniform"}}),
-    Variant("gaussian", "CASD with Gaussian embeddings", {"model": {"distribution": "gaussian"}}),
-    *(Variant(kind.name, kind.description, {"model": {"kind": kind.name}})
+    Variant("casd", "full CASD", label="CASD"),
+    Variant("no_distill", "CASD without distillation (lambda_cd = 0)", {"objective": {"lambda_cd": 0.0}},
+            "CASD w/o distillation"),
+    Variant("uniform", "CASD with uniform component weights", {"model": {"weighting": "uniform"}},
+            "CASD, uniform weights"),
+    Variant("gaussian", "CASD with Gaussian embeddings", {"model": {"distribution": "gaussian"}},
+            "CASD, Gaussian"),
+    *(Variant(kind.name, kind.description, {"model": {"kind": kind.name}}, model_label(kind.name))
       for kind in MODEL_KINDS.values() if kind.name != "casd"),
 )}
 
