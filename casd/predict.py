@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import sys
@@ -26,20 +27,23 @@ import numpy as np
 import torch
 
 from casd.checkpoint import check_data_compatible, load_model, recorded_synthetic
-from casd.data import EvalCondition, Split, apply_condition, generate_synthetic, restricted_load, split_from_mmsa
+from casd.cli import CommandParser, run_command
+from casd.data import (EvalCondition, InvalidDataError, Split, apply_condition, generate_synthetic, restricted_load,
+                       split_from_mmsa, validate_split)
 from casd.device import resolve_device
-from casd.errors import UserError
+from casd.errors import CheckpointError, ConfigError
 from casd.evaluate import predict_split, test_conditions
 from casd.metrics import compute_metrics
 from casd.modalities import COMBINATION_NAMES
+from casd.outputs import atomic_write, check_writable_file, strict_json
 from casd.vocab import DATASETS, SPLITS, TASKS
 
 __all__ = ["load_data", "parse_condition", "predict", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m casd.predict", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CommandParser(prog="python -m casd.predict", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True, help="best.pt or last.pt of a casd.train run")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="MMSA feature pickle: a dict of splits, or one split's dict")
@@ -63,42 +67,50 @@ def build_parser() -> argparse.ArgumentParser:
 def _raw_split(path: Path, split: str) -> dict:
     data = restricted_load(path)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a dict (of splits, or of one split's arrays), got {type(data).__name__}")
+        raise InvalidDataError(f"{path}: expected a dict (of splits, or of one split's arrays), got {type(data).__name__}")
     if "text" in data:  # one split's arrays at the top level
         return data
     if split not in data:
-        raise ValueError(f"{path}: no split {split!r} (present: {sorted(data)})")
+        raise InvalidDataError(f"{path}: no split {split!r} (present: {sorted(map(str, data))}); choose one with --split")
+    if not isinstance(data[split], dict):
+        raise InvalidDataError(f"{path} split {split!r}: expected a dict of arrays, got {type(data[split]).__name__}")
     return data[split]
 
 
 def load_data(args: argparse.Namespace, metadata: dict, task: str) -> tuple[Split, bool, str]:
-    """(split, whether it has labels, a description of where it came from)."""
+    """(split, whether it has labels, a description of where it came from); the split is
+    checked as casd.train checks its splits (casd.data.validate_split), against the data set
+    kind and classes the checkpoint was trained on."""
     if args.synthetic:
         config = recorded_synthetic(metadata)
         if config is None:
-            raise ValueError(f"--synthetic: the checkpoint was trained on {metadata.get('source')}, "
-                             "not on the synthetic data set; pass --data")
+            raise ConfigError(f"--synthetic: the checkpoint was trained on {metadata.get('source')}, "
+                              "not on the synthetic data set; pass --data")
         raw = generate_synthetic(config)[args.split]
         where = f"synthetic(seed={config.seed}) split {args.split!r}"
     else:
-        if not args.data.exists():
-            raise FileNotFoundError(f"no data file {args.data}")
-        raw = dict(_raw_split(args.data, args.split))
+        raw = dict(_raw_split(args.data, args.split))  # a missing file or a folder: one line (restricted_load)
         where = f"{args.data} split {args.split!r}"
     label_key = f"{task}_labels"
     has_labels = label_key in raw
     if not has_labels:  # unlabelled new data: placeholder labels, no metrics
-        n = len(np.asarray(raw["text"])) if "text" in raw else 0
+        text = raw.get("text")
+        n = len(text) if isinstance(text, np.ndarray) and text.ndim else 0
         raw[label_key] = np.zeros(n, dtype=np.float32 if task == "regression" else np.int64)
-    return split_from_mmsa(raw, task, where=where), has_labels, where
+    split = split_from_mmsa(raw, task, where=where)
+    validate_split(split, where, args.dataset or metadata["dataset"], task, metadata.get("num_classes"), has_labels)
+    return split, has_labels, where
 
 
 def parse_condition(name: str | None, eval_seed: int) -> EvalCondition | None:
     if name is None or name == "none":
         return None
-    conditions = {c.name: c for c in test_conditions(eval_seed)}
+    try:
+        conditions = {c.name: c for c in test_conditions(eval_seed)}
+    except ValueError as exc:
+        raise ConfigError(f"--eval-seed {eval_seed}: {exc}") from exc
     if name not in conditions:
-        raise ValueError(f"unknown condition {name!r}; choose none or one of {sorted(conditions)}")
+        raise ConfigError(f"--condition: unknown condition {name!r}; choose none or one of {sorted(conditions)}")
     return conditions[name]
 
 
@@ -136,8 +148,8 @@ def prediction_rows(split: Split, predicted: dict[str, np.ndarray], has_labels: 
 
 
 def write_rows(rows: list[dict], header: dict, fmt: str, out) -> None:
-    if fmt == "json":
-        json.dump({**header, "predictions": rows}, out, indent=1)
+    if fmt == "json":  # strict JSON: an undefined metric is null
+        json.dump(strict_json({**header, "predictions": rows}), out, indent=1, allow_nan=False)
         out.write("\n")
         return
     writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["id"])
@@ -146,9 +158,16 @@ def write_rows(rows: list[dict], header: dict, fmt: str, out) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.out is not None:
+        check_writable_file(args.out)  # before any work
     device = resolve_device(args.device)
     model, checkpoint = load_model(args.checkpoint, device)
     metadata = checkpoint["metadata"]
+    missing = [key for key in ("task", "dataset", "feature_dims") if key not in metadata]
+    if missing:
+        raise CheckpointError(f"{args.checkpoint}: its metadata lack {missing}; it is not a casd.train checkpoint")
     task = metadata["task"]
     condition = parse_condition(args.condition, args.eval_seed)  # before loading data: fail fast
     split, has_labels, where = load_data(args, metadata, args.task or task)
@@ -169,10 +188,16 @@ def run(args: argparse.Namespace) -> dict:
     fmt = args.format or ("json" if args.out is not None and args.out.suffix == ".json" else "csv")
     if args.out is None:
         write_rows(rows, header, fmt, sys.stdout)
-    else:
+    else:  # atomically: an interrupted write leaves the old file (or none), never half a table
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w", newline="") as handle:
-            write_rows(rows, header, fmt, handle)
+
+        def write(handle) -> None:
+            text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+            write_rows(rows, header, fmt, text)
+            text.flush()
+            text.detach()
+
+        atomic_write(args.out, write)
     summary = f"casd.predict: {len(rows)} samples of {where} under {condition_name}"
     if metrics:
         summary += " | " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
@@ -181,13 +206,8 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (UserError, FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"casd.predict: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    """``python -m casd.predict``: 0, or 2 with one line naming what to fix (casd.cli)."""
+    return run_command("casd.predict", lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import pickle
 import numpy as np
 import pytest
 
+import casd.flags
 import casd.train
 from casd.data.errors import InvalidDataError
 from casd.data.mmsa import SPLITS, Split, load_mmsa, split_from_mmsa
@@ -180,5 +181,5 @@ def test_train_refuses_class_label_1e6_before_a_model(no_model, tmp_path, capsys
 
 
 def test_label_ranges_cover_the_cli_choices():
-    choices = next(a.choices for a in casd.train.build_parser()._actions if a.dest == "dataset")
+    choices = next(a.choices for a in casd.flags.build_parser()._actions if a.dest == "dataset")
     assert set(choices) == set(LABEL_RANGES)
