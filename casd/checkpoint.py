@@ -110,11 +110,17 @@ def _check_records(path: Path) -> None:
     """Refuse a checkpoint whose zip records fail their CRC-32. torch.save writes a CRC for every
     record, but torch.load does not check them: a flipped byte inside tensor data would load
     as silently wrong weights. (Files that are not zip archives are left to torch.load.)"""
+    is_zip = False
     try:
+        with open(path, "rb") as handle:
+            is_zip = handle.read(4) == b"PK\x03\x04"
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-        return  # torn, foreign or legacy: torch.load says what it is
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        if is_zip:  # torch.save's format, cut short or damaged; torch.load's own error is less clear
+            raise CheckpointError(f"{path} is not a readable checkpoint (a zip archive cut short or damaged: "
+                                  f"{exc}); it is torn or corrupt") from exc
+        return  # not torch.save's zip format (legacy or foreign): torch.load says what it is
     if bad is not None:
         raise CheckpointError(f"{path} is not a readable checkpoint (record {bad} fails its CRC-32 check); "
                               "it is corrupt")

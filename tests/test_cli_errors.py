@@ -12,6 +12,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -254,10 +255,13 @@ def corrupt_copies(source: Path, folder: Path) -> dict[str, Path]:
     """best.pt spoilt in the ways a file can be: torn, bit-flipped, emptied, foreign, hostile."""
     folder.mkdir(exist_ok=True)
     good = source.read_bytes()
+    with zipfile.ZipFile(source) as archive:  # flip bits inside the largest tensor's data
+        record = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    start = record.header_offset + 30 + len(record.filename.encode()) + len(record.extra) + record.file_size // 2
     flipped = bytearray(good)
-    flipped[len(good) // 2: len(good) // 2 + 64] = bytes(64)  # zeroed inside the zip's data
+    flipped[start: start + 16] = bytes(b ^ 0xFF for b in flipped[start: start + 16])
     marker = folder / "pwned"
-    cases = {"torn": good[: len(good) // 3], "zeroed-bytes": bytes(flipped), "empty": b"",
+    cases = {"torn": good[: len(good) // 3], "bit-flips-in-weights": bytes(flipped), "empty": b"",
              "random": np.random.default_rng(0).bytes(4096), "hostile": pickle.dumps(RunsCode(marker))}
     paths = {}
     for name, data in cases.items():
@@ -269,7 +273,11 @@ def corrupt_copies(source: Path, folder: Path) -> dict[str, Path]:
 
 
 def test_predict_refuses_corrupt_checkpoints_in_one_line(trained, tmp_path, capsys):
-    for name, path in corrupt_copies(trained / "best.pt", tmp_path).items():
+    spoilt = corrupt_copies(trained / "best.pt", tmp_path)
+    # Control: torch.load does not check the CRCs torch.save writes; flipped bits load as other weights.
+    good, flipped = (torch.load(p, weights_only=True)["model"] for p in (trained / "best.pt", spoilt["bit-flips-in-weights"]))
+    assert any(not torch.equal(good[k], flipped[k]) for k in good)
+    for name, path in spoilt.items():
         message = refused(capsys, "casd.predict", predict(["--checkpoint", str(path), "--synthetic"]), str(path))
         assert ("not a readable checkpoint" in message or "not a casd.train checkpoint" in message
                 or "do not fit" in message), (name, message)
