@@ -85,7 +85,7 @@ def run_command(program: str, body: Callable[[], object], cleanup: Callable[[], 
             raise
         detail = one_line(str(exc)) or type(exc).__name__
         print(f"{program}: error{_tag()}: out of memory ({type(exc).__name__}: {detail[:300]}); smaller "
-              "settings (--batch-size, --hidden, --samples) or a machine with more memory would fit",
+              "settings (batch size, model width, samples per component) or a machine with more memory would fit",
               file=sys.stderr, flush=True)
         return UserError.exit_code
     finally:

@@ -175,6 +175,13 @@ def run(args: argparse.Namespace) -> dict:
         print(f"casd.predict: note: {note}", file=sys.stderr)
     predicted = predict(model, split, condition, device, args.batch_size)
     condition_name = condition.name if condition is not None else "none"
+    bad = ~np.isfinite(predicted["output"]).reshape(split.num_samples, -1).all(axis=1)
+    if bad.any():  # finite, validated features can still overflow the model: features on another scale?
+        what = (f"{where}: the model's outputs are not finite for {int(bad.sum())} of {len(bad)} samples "
+                f"(first: {split.ids[int(np.flatnonzero(bad)[0])]}); are the features on the scale it was trained on?")
+        if has_labels:
+            raise InvalidDataError(what + " (no metrics can be computed)")
+        print(f"casd.predict: note: {what}", file=sys.stderr)
     metrics = compute_metrics(predicted["output"], split.labels, metadata["dataset"], task) if has_labels else None
     header = {
         "checkpoint": str(args.checkpoint), "model_kind": checkpoint.get("model_kind", "casd"),

@@ -74,13 +74,15 @@ class TrainConfig:
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
         # Every float setting must be finite: NaN passes any comparison that is written as a refusal.
-        for name, low, high, closed in (("lr", 0.0, math.inf, False), ("weight_decay", 0.0, math.inf, True),
+        # lr <= 1: AdamW moves every weight by about lr per step, so no run converges above that.
+        for name, low, high, closed in (("lr", 0.0, 1.0, False), ("weight_decay", 0.0, math.inf, True),
                                         ("grad_clip", 0.0, math.inf, False),
                                         ("warmup_fraction", 0.0, 1.0, True), ("missing_rate", 0.0, 1.0, True)):
             value = getattr(self, name)
             inside = math.isfinite(value) and (low <= value if closed else low < value) and value <= high
             if not inside:
-                bounds = f"[{low:g}, {high:g}]" if high < math.inf else (">= 0" if closed else "> 0")
+                bounds = (f"{'[' if closed else '('}{low:g}, {high:g}]" if high < math.inf
+                          else (">= 0" if closed else "> 0"))
                 raise ValueError(f"{name} must be finite and {'in ' if high < math.inf else ''}{bounds}, got {value}")
 
 
@@ -277,7 +279,8 @@ class Trainer:
                     self.state.bad_steps_in_a_row, self.state.bad_steps)
         if self.state.bad_steps_in_a_row >= self.config.max_bad_steps:
             raise DivergenceError(
-                f"epoch {epoch}: {self.state.bad_steps_in_a_row} training steps in a row had a non-finite {what} "
+                f"epoch {epoch}: {self.state.bad_steps_in_a_row} training steps in a row had "
+                f"{'a non-finite loss' if what == 'loss' else 'non-finite gradients'} "
                 f"(limit: train.max_bad_steps = {self.config.max_bad_steps}); {self._advice()}")
 
     def validate(self) -> tuple[float, dict[str, float]]:

@@ -169,7 +169,7 @@ def test_data_that_is_a_folder_or_missing(no_model, tmp_path, capsys):
 
 FLAG_CASES = [("--threads", "0"), ("--heads", "0"), ("--layers", "0"), ("--hidden", "0"), ("--embed-dim", "0"),
               ("--tau", "inf"), ("--tau", "nan"), ("--lambda-cd", "nan"), ("--lambda-cd", "-1"), ("--lr", "inf"),
-              ("--lr", "nan"), ("--weight-decay", "nan"), ("--dropout", "1"), ("--missing-rate", "nan"),
+              ("--lr", "nan"), ("--lr", "2"), ("--weight-decay", "nan"), ("--dropout", "1"), ("--missing-rate", "nan"),
               ("--patience", "0"), ("--max-bad-steps", "0"), ("--epochs", "0"), ("--samples", "0"),
               ("--seed", "-1"), ("--eval-seed", "-1"), ("--synthetic-seed", "-1"), ("--batch-size", "0"),
               ("--threads", "two"), ("--dataset", "iemocap"), ("--device", "tpu!"), ("--amp", "fp16")]
@@ -324,6 +324,8 @@ def synthetic_file(tmp_path: Path, change=None, name="new.pkl") -> Path:
     (None, ["--condition", "frame_0.55"], ["--condition", "frame_0.55"]),
     (None, ["--eval-seed", "-1", "--condition", "frame_0.5"], ["--eval-seed -1"]),
     (None, ["--batch-size", "0"], ["--batch-size"]),
+    (lambda raw: raw["test"].update(vision=raw["test"]["vision"] * 1e37), [],
+     ["split 'test': the model's outputs are not finite", "on the scale it was trained on"]),
 ])
 def test_predict_refuses_bad_data_and_flags_in_one_line(trained, tmp_path, capsys, change, flags, fragments):
     path = synthetic_file(tmp_path, change)

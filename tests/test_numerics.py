@@ -150,6 +150,17 @@ def test_every_rank_skips_a_step_that_is_bad_on_any_rank(tmp_path):
         assert trainer._non_finite(local_loss, local_norm) == expected, (other, local_loss, local_norm)
 
 
+def test_non_finite_predictions_stop_the_run_with_advice(tmp_path):
+    """Weights can stay finite while the forward pass overflows (a too high --lr): validation
+    says so in one line instead of failing inside the metrics."""
+    trainer = make_trainer(tmp_path)
+    with torch.no_grad():
+        for parameter in trainer.model.parameters():
+            parameter.fill_(3e38)
+    with pytest.raises(DivergenceError, match=r"outputs under frame_0.0 are not finite for 16 of 16 samples.*--lr"):
+        trainer.validate()
+
+
 def test_a_raised_patience_wakes_an_early_stopped_run(tmp_path):
     trainer = make_trainer(tmp_path, "--patience", "5")
     trainer.state.epochs_without_improvement, trainer.state.stopped_early = 2, True
