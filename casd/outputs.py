@@ -116,23 +116,26 @@ def _entries(path: Path) -> list[str]:
     return sorted(os.listdir(path)) if path.is_dir() else []
 
 
-def check_writable_folder(path: Path, flag: str) -> None:
-    """``path`` is, or can become, a folder we may write in (nothing is created)."""
+def check_writable_folder(path: Path, flag: str, given: Path | None = None) -> None:
+    """``path`` is, or can become, a folder we may write in (nothing is created); messages
+    name ``given`` (default ``path``) as the value of ``flag``."""
+    given = path if given is None else given
     if path.exists() and not path.is_dir():
-        raise OutputError(f"{flag} {path}: is a file, not a folder")
+        raise OutputError(f"{flag} {given}: {path} is a file, not a folder" if given != path
+                          else f"{flag} {path}: is a file, not a folder")
     existing = path
     while not existing.exists():
         if existing.parent == existing:
             break
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
-        raise OutputError(f"{flag} {path}: {existing} is a file, not a folder")
+        raise OutputError(f"{flag} {given}: {existing} is a file, not a folder")
     # Try it rather than reason about modes: root, ACLs, read-only and virtual file systems all
     # answer a real attempt correctly. The probe folder is removed at once.
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".casd-write-probe-", dir=existing))
     except OSError as exc:
-        raise OutputError(f"{flag} {path}: cannot write in {existing} ({exc.strerror or exc})") from exc
+        raise OutputError(f"{flag} {given}: cannot write in {existing} ({exc.strerror or exc})") from exc
 
 
 def check_output_dir(path: Path, resume: bool, overwrite: bool, flag: str = "--out") -> None:
@@ -187,4 +190,4 @@ def check_writable_file(path: Path, flag: str = "--out") -> None:
     """``path`` can be written as a file: it is not a folder, and its folder is (or can become) writable."""
     if path.is_dir():
         raise OutputError(f"{flag} {path}: is a folder, not a file")
-    check_writable_folder(path.parent, flag)
+    check_writable_folder(path.parent, flag, given=path)

@@ -28,11 +28,11 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from casd.checkpoint import atomic_save, check_resumable, read_checkpoint
-from casd.errors import CheckpointError, ConfigError, DivergenceError
 from casd.data import EvalCondition, Split, SplitDataset, TrainingMissingness, batch_to, make_loader
 from casd.data.missing import TRAIN_PROTOCOLS
 from casd.device import autocast_context, resolve_amp
 from casd.distributed import DistContext, loss_scale
+from casd.errors import CheckpointError, ConfigError, DivergenceError
 from casd.evaluate import evaluate_conditions
 from casd.metrics import higher_is_better
 from casd.objective import LossBreakdown

@@ -365,6 +365,20 @@ def test_study_refuses_bad_flags_data_and_folders_in_one_line(no_model, tmp_path
             "--report-only: no finished run")
 
 
+def test_the_synthetic_data_writer_refuses_in_one_line(tmp_path, capsys):
+    from casd.data.synthetic import main as synthetic
+
+    out = tmp_path / "syn.pkl"
+    refused(capsys, "casd.data.synthetic", synthetic(["--out", str(out), "--num-train", "0"]), "--num-train")
+    refused(capsys, "casd.data.synthetic", synthetic(["--out", str(out), "--noise-dof", "nan"]), "--noise-dof")
+    refused(capsys, "casd.data.synthetic", synthetic(["--out", str(tmp_path)]), "is a folder, not a file")
+    (tmp_path / "file").write_text("")
+    refused(capsys, "casd.data.synthetic", synthetic(["--out", str(tmp_path / "file" / "x.pkl")]), "is a file, not a folder")
+    assert not out.exists()
+    assert synthetic(["--out", str(tmp_path / "new" / "syn.pkl"), "--num-train", "3", "--num-valid", "2",
+                      "--num-test", "2"]) == 0  # creates its folder, as before
+
+
 # --- the wrapper itself ------------------------------------------------------------------------------
 def test_bugs_keep_their_traceback_and_user_errors_are_one_line(monkeypatch, capsys):
     def bug():

@@ -245,6 +245,7 @@ def _write(argv: list[str] | None) -> None:
         raise ConfigError(f"{flag}: {exc}") from exc
     start = time.perf_counter()
     data = generate_synthetic(config)
+    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda handle: pickle.dump(data, handle, protocol=4))
     sizes = {name: len(split["regression_labels"]) for name, split in data.items()}
     print(f"wrote {out}: {sizes} in {time.perf_counter() - start:.2f} s ({config})")
