@@ -410,3 +410,6 @@ class Trainer:
                 group["lr"] = self.config.lr * factor
         if "train.patience" in names:
             self.state.stopped_early = self.state.epochs_without_improvement >= self.config.patience
+        if "train.epochs" in names and self.state.stopped_early:
+            log.info("--resume: the run stopped early (no validation improvement for %d epochs); it trains on "
+                     "only with a --patience above that", self.state.epochs_without_improvement)
