@@ -24,8 +24,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from casd.data import SyntheticConfig
+from casd.data import FRAME_RATES, SyntheticConfig
 from casd.errors import ConfigError
+from casd.evaluate import VALID_SEED_OFFSET, test_conditions, validation_conditions
 from casd.model import ModelConfig
 from casd.objective import ObjectiveConfig
 from casd.registry import MODEL_KINDS, model_config
@@ -102,6 +103,14 @@ class EvalConfig:
 
     seed: int = 1111  # base seed of the frame-level test masks
 
+    def __post_init__(self) -> None:
+        # The conditions derive their mask seeds from it (casd.evaluate); those must lie in [0, 2**32).
+        try:
+            test_conditions(self.seed), validation_conditions(self.seed)  # EvalCondition checks its seeds
+        except ValueError as exc:
+            raise ValueError(f"seed {self.seed} gives condition seeds outside [0, 2**32) "
+                             f"(allowed: 0 to {2**32 - 1 - VALID_SEED_OFFSET - 3 * len(FRAME_RATES)})") from exc
+
 
 @dataclass(frozen=True)
 class DeviceConfig:
@@ -115,8 +124,15 @@ class DeviceConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
+    """Where a run writes (casd.outputs: a folder holding files is refused unless resume or overwrite)."""
+
     dir: Path | None = None  # None: runs/<timestamp>
     resume: bool = False  # continue the run in dir from its last.pt
+    overwrite: bool = False  # replace the run in dir (its files are removed once the new run is validated)
+
+    def __post_init__(self) -> None:
+        if self.resume and self.overwrite:
+            raise ValueError("resume continues the run in the folder and overwrite replaces it: pass one of them")
 
 
 @dataclass(frozen=True)

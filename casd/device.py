@@ -26,9 +26,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise ConfigError(f"device {name!r} is not a device name (auto, cpu, cuda, cuda:1, ...)") from exc
+        raise ConfigError(f"--device {name!r}: not a device name (auto, cpu, cuda, cuda:1, ...)") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+        raise ConfigError(f"--device {name!r}: CUDA is not available here")
     return device
 
 

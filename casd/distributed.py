@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from casd.errors import ConfigError
+
 __all__ = ["DistContext", "init_distributed", "shutdown_distributed", "loss_scale"]
 
 
@@ -107,10 +109,11 @@ def init_distributed(device_name: str = "auto") -> tuple[DistContext, str]:
     use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda") or device_name.startswith("cuda")
     if use_cuda:
         if ":" in device_name:
-            raise ValueError(f"--device {device_name}: under torchrun each rank uses cuda:<LOCAL_RANK>; "
+            raise ConfigError(f"--device {device_name}: under torchrun each rank uses cuda:<LOCAL_RANK>; "
                              "pass --device cuda (or auto)")
         if local_rank >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) visible")
+            raise ConfigError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) visible "
+                              "(torchrun --nproc_per_node at most the number of GPUs)")
         torch.cuda.set_device(local_rank)
         device_name = f"cuda:{local_rank}"
     elif device_name == "auto":

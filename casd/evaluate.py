@@ -14,6 +14,7 @@ import torch
 from casd.data import EvalCondition, Split, apply_condition, batch_to, evaluation_conditions, make_loader
 from casd.device import autocast_context
 from casd.distributed import DistContext
+from casd.errors import DivergenceError
 from casd.metrics import compute_metrics, sweep_summary
 from casd.registry import Predictor
 
@@ -108,6 +109,11 @@ def evaluate_conditions(
             predicted = context.gather_arrays(shard)
         else:
             predicted = predict_split(model, degraded, present, device, batch_size, amp_dtype)
+        bad = ~np.isfinite(predicted["output"]).reshape(len(predicted["output"]), -1).all(axis=1)
+        if bad.any():  # finite weights can still overflow in the forward pass once training has diverged
+            raise DivergenceError(
+                f"the model's outputs under {condition.name} are not finite for {int(bad.sum())} of {len(bad)} "
+                "samples: training diverged (resume it with a lower --lr, or train with --amp off)")
         metrics = compute_metrics(predicted["output"], split.labels, dataset, task)
         results.append(ConditionResult(condition, metrics, labels=split.labels, **predicted))
         if progress is not None:

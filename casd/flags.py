@@ -8,10 +8,12 @@ always comes from the command line: reproducing a run never writes into its fold
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+from casd.cli import CommandParser
 from casd.config import OutputConfig, RunConfig, load_config
 from casd.data.missing import TRAIN_PROTOCOLS
 from casd.errors import ConfigError
@@ -41,8 +43,8 @@ def build_parser(show_defaults: bool = True) -> argparse.ArgumentParser:
     def default(value: Any) -> Any:
         return value if show_defaults else argparse.SUPPRESS
 
-    p = argparse.ArgumentParser(prog="python -m casd.train", description=DESCRIPTION,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = CommandParser(prog="python -m casd.train", description=DESCRIPTION,
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", type=Path, default=default(None),
                    help="start from this RunConfig (JSON; a run's config.json reproduces that run); "
                    "flags given with it override its fields, except that --out/--resume are never taken from it")
@@ -99,6 +101,9 @@ def build_parser(show_defaults: bool = True) -> argparse.ArgumentParser:
     train.add_argument("--weight-decay", type=float, default=default(d.train.weight_decay), help="AdamW weight decay")
     train.add_argument("--patience", type=int, default=default(d.train.patience),
                        help="epochs without validation improvement before stopping")
+    train.add_argument("--max-bad-steps", type=int, default=default(d.train.max_bad_steps),
+                       help="training steps with a non-finite loss or gradients (skipped) in a row before the "
+                       "run stops")
     train.add_argument("--seed", type=int, default=default(d.train.seed), help="seed of every training random stream")
     train.add_argument("--amp", choices=AMP_MODES, default=default(d.train.amp),
                        help="autocast dtype; auto: bf16 on GPUs that support it, fp16 on older ones, off on CPU")
@@ -115,7 +120,11 @@ def build_parser(show_defaults: bool = True) -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, default=default(d.output.dir),
                        help="output directory (default: runs/<timestamp>)")
     train.add_argument("--resume", action="store_true", default=default(False),
-                       help="continue the run in --out from its last.pt")
+                       help="continue the run in --out from its last.pt; --lr, --epochs, --patience and "
+                       "--max-bad-steps may differ from the run's (the change is logged), nothing else may")
+    train.add_argument("--overwrite", action="store_true", default=default(False),
+                       help="replace the run in --out (a folder that holds files is refused without "
+                       "--overwrite or --resume); its files are removed once the new run is validated")
     train.add_argument("--no-progress", action="store_true", default=default(False),
                        help="no progress bars (logs only)")
     return p
@@ -148,6 +157,7 @@ FLAGS: dict[str, tuple[str, Callable[[Any], dict[str, Any]]]] = {
     "lr": ("train", lambda v: {"lr": v}),
     "weight_decay": ("train", lambda v: {"weight_decay": v}),
     "patience": ("train", lambda v: {"patience": v}),
+    "max_bad_steps": ("train", lambda v: {"max_bad_steps": v}),
     "seed": ("train", lambda v: {"seed": v}),
     "amp": ("train", lambda v: {"amp": v}),
     "missing_protocol": ("train", lambda v: {"missing_protocol": v}),
@@ -158,11 +168,20 @@ FLAGS: dict[str, tuple[str, Callable[[Any], dict[str, Any]]]] = {
     "threads": ("device", lambda v: {"threads": v}),
     "out": ("output", lambda v: {"dir": v}),
     "resume": ("output", lambda on: {"resume": True} if on else {}),
+    "overwrite": ("output", lambda on: {"overwrite": True} if on else {}),
 }
 
 
 def _flag_names(dests: list[str]) -> str:
     return ", ".join("--" + dest.replace("_", "-") for dest in dests)
+
+
+def _culprits(dests: list[str], flags: dict[str, Any], message: str) -> list[str]:
+    """The given flags whose config field the error ``message`` names (all of them if none is named):
+    "encoder_layers must be >= 1" -> ["layers"]."""
+    named = [dest for dest in dests
+             if any(re.search(rf"\b{name}\b", message) for name in FLAGS[dest][1](flags[dest]))]
+    return named or dests
 
 
 def config_from_flags(flags: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
@@ -182,20 +201,20 @@ def config_from_flags(flags: dict[str, Any], base: RunConfig | None = None) -> R
             changes.setdefault(section, {}).update(to_fields(flags[dest]))
             dests.setdefault(section, []).append(dest)
     if "data.synthetic" in changes:  # the synthetic set's settings; ignored when the data come from a file
-        names = _flag_names(dests.pop("data.synthetic"))
+        names = dests.pop("data.synthetic")
         synthetic_changes = changes.pop("data.synthetic")
         if changes.get("data", {}).get("path", config.data.path) is None:
             try:
                 synthetic = replace(config.data.synthetic, **synthetic_changes)
             except ValueError as exc:
-                raise ConfigError(f"{names}: {exc}") from exc
+                raise ConfigError(f"{_flag_names(_culprits(names, flags, str(exc)))}: {exc}") from exc
             changes.setdefault("data", {})["synthetic"] = synthetic
             dests.setdefault("data", [])
     for section, fields_ in changes.items():
         try:
             config = replace(config, **{section: replace(getattr(config, section), **fields_)})
         except ValueError as exc:
-            raise ConfigError(f"{_flag_names(dests[section])}: {exc}") from exc
+            raise ConfigError(f"{_flag_names(_culprits(dests[section], flags, str(exc)))}: {exc}") from exc
     return config
 
 

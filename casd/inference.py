@@ -36,9 +36,10 @@ import torch
 
 from casd.checkpoint import check_data_compatible, load_model, recorded_synthetic
 from casd.config import EvalConfig
-from casd.data import EvalCondition, Split, apply_condition, generate_synthetic, restricted_load, split_from_mmsa
+from casd.data import (EvalCondition, InvalidDataError, Split, apply_condition, generate_synthetic, restricted_load,
+                       split_from_mmsa, validate_split)
 from casd.device import resolve_device
-from casd.errors import ConfigError, DataError
+from casd.errors import CheckpointError, ConfigError, DataError
 from casd.evaluate import predict_split, test_conditions
 from casd.metrics import compute_metrics
 from casd.vocab import SPLITS
@@ -68,15 +69,15 @@ def read_raw_split(path: str | os.PathLike, split: str = "test") -> dict:
     """One split's dict of an MMSA pickle: ``split`` of a multi-split file, or the file itself
     when it holds one split's arrays at the top level."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"no data file {path}")
-    data = restricted_load(path)
+    data = restricted_load(path)  # a missing file, a folder, an unsafe or corrupt pickle: one line
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a dict (of splits, or of one split's arrays), got {type(data).__name__}")
     if "text" in data:  # one split's arrays at the top level
         return data
     if split not in data:
-        raise DataError(f"{path}: no split {split!r} (present: {sorted(data)})")
+        raise DataError(f"{path}: no split {split!r} (present: {sorted(map(str, data))}); choose one with --split")
+    if not isinstance(data[split], dict):
+        raise DataError(f"{path} split {split!r}: expected a dict of arrays, got {type(data[split]).__name__}")
     return data[split]
 
 
@@ -135,7 +136,11 @@ class TrainedModel:
 
     def conditions(self, eval_seed: int | None = None) -> dict[str, EvalCondition]:
         """The 17 evaluation conditions by name, with the run's masks unless ``eval_seed`` is given."""
-        return {c.name: c for c in test_conditions(self.eval_seed if eval_seed is None else eval_seed)}
+        seed = self.eval_seed if eval_seed is None else eval_seed
+        try:
+            return {c.name: c for c in test_conditions(seed)}
+        except ValueError as exc:
+            raise ConfigError(f"eval seed {seed}: {exc}") from exc
 
     def condition(self, name: str | EvalCondition | None, eval_seed: int | None = None) -> EvalCondition | None:
         if name is None or isinstance(name, EvalCondition):
@@ -160,7 +165,9 @@ class TrainedModel:
 
     def read(self, data: str | os.PathLike | Mapping | Split, split: str = "test",
              task: str | None = None) -> tuple[Split, bool, str]:
-        """(the data as a Split, whether it has labels, where it came from)."""
+        """(the data as a Split, whether it has labels, where it came from); the split is checked
+        as casd.train checks its splits (casd.data.validate_split), against the data set kind and
+        classes this model was trained on."""
         task = task or self.task
         if isinstance(data, Split):
             return data, True, "split"
@@ -175,7 +182,9 @@ class TrainedModel:
         if not has_labels:  # unlabelled new data: placeholder labels, no metrics
             n = len(np.asarray(raw["text"])) if "text" in raw else 0
             raw[label_key] = np.zeros(n, dtype=np.float32 if task == "regression" else np.int64)
-        return split_from_mmsa(raw, task, where=where), has_labels, where
+        table = split_from_mmsa(raw, task, where=where)
+        validate_split(table, where, self.dataset, task, self.metadata.get("num_classes"), has_labels)
+        return table, has_labels, where
 
     def check(self, split: Split, has_labels: bool, dataset: str | None = None, task: str | None = None) -> list[str]:
         """Refuse data that do not fit this model (CheckpointError naming every difference);
@@ -190,6 +199,8 @@ class TrainedModel:
         ``split`` picks the split of a multi-split pickle; ``dataset`` / ``task``, when given,
         must be the checkpoint's (a check, not a switch).
         """
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         chosen = self.condition(condition, eval_seed)  # before reading data: fail fast
         table, has_labels, where = self.read(data, split, task)
         notes = self.check(table, has_labels, dataset, task)
@@ -197,6 +208,14 @@ class TrainedModel:
         if chosen is not None:
             table, present = apply_condition(table, chosen)
         predicted = predict_split(self.model, table, present, self.device, batch_size)
+        bad = ~np.isfinite(predicted["output"]).reshape(table.num_samples, -1).all(axis=1)
+        if bad.any():  # finite, validated features can still overflow the model: features on another scale?
+            what = (f"{where}: the model's outputs are not finite for {int(bad.sum())} of {len(bad)} samples "
+                    f"(first: {table.ids[int(np.flatnonzero(bad)[0])]}); are the features on the scale it was "
+                    "trained on?")
+            if has_labels:
+                raise InvalidDataError(what + " (no metrics can be computed)")
+            notes.append(what)
         metrics = compute_metrics(predicted["output"], table.labels, self.dataset, self.task) if has_labels else None
         return PredictionResult(predicted["output"], predicted["uncertainty"], predicted["weights"], table.ids,
                                 table.labels if has_labels else None, chosen.name if chosen else "none", where,
@@ -211,4 +230,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Trained
     """
     device = resolve_device(device) if isinstance(device, str) else device
     model, checkpoint = load_model(path, device)
+    missing = [key for key in ("task", "dataset", "feature_dims") if key not in checkpoint["metadata"]]
+    if missing:
+        raise CheckpointError(f"{os.fspath(path)}: its metadata lack {missing}; it is not a casd.train checkpoint")
     return TrainedModel(model, checkpoint, device, os.fspath(path))

@@ -35,12 +35,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from casd.cli import CommandParser, run_command
 from casd.config import RECORD_KEY, DataConfig, OutputConfig, RunConfig, load_config
 from casd.distributed import shutdown_distributed
-from casd.errors import ConfigError, DataError, UserError
+from casd.errors import ConfigError, DataError
 from casd.flags import build_parser as train_parser
 from casd.flags import config_from_flags
-from casd.kernels import BackendUnavailableError
 from casd.provenance import file_sha256
 from casd.results_csv import LONG_COLUMNS, MMSA_CONDITION, long_rows, merge_rows, mmsa_row, read_rows, write_rows
 from casd.serialize import to_dict
@@ -74,7 +74,7 @@ RESERVED = {"--seed": "-s", "--out": "--out", "--resume": "(reruns resume by the
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, allow_abbrev=False,
+    p = CommandParser(prog=PROG, description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Any other flag is a casd.train flag shared by every run: "
                                 "python -m casd.train --help lists them.")
@@ -226,15 +226,5 @@ def _print_table(path: Path, header: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, shared = build_parser().parse_known_args(argv)  # argparse reports its own errors (exit 2)
-    try:
-        run(args, shared)
-    except BackendUnavailableError as exc:
-        print(f"{PROG}: --fused is not available here: {exc}", file=sys.stderr)
-        return 2
-    except (UserError, FileNotFoundError, ValueError) as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        shutdown_distributed()
-    return 0
+    """``python -m casd``: 0, or 2 with one line naming what to fix (casd.cli)."""
+    return run_command(PROG, lambda: run(*build_parser().parse_known_args(argv)), cleanup=shutdown_distributed)

@@ -1,6 +1,7 @@
 """The CASD network (formulation §2): encoders -> combination embeddings -> Student-t mixture -> predictor."""
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -35,6 +36,11 @@ class EncoderConfig:
         self.feature_dims = tuple(int(d) for d in self.feature_dims)
         if len(self.feature_dims) != len(MODALITIES) or min(self.feature_dims) < 1:
             raise ValueError(f"feature_dims must be three positive ints, got {self.feature_dims}")
+        for name in ("hidden", "encoder_layers", "heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:  # also refuses NaN
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
         if self.output_dim < 1:
@@ -59,8 +65,14 @@ class ModelConfig(EncoderConfig):
             raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {self.distribution!r}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
-        if not self.nu_init > self.nu_min:
-            raise ValueError(f"nu_init ({self.nu_init}) must exceed nu_min ({self.nu_min})")
+        if self.embed_dim < 1:
+            raise ValueError(f"embed_dim must be >= 1, got {self.embed_dim}")
+        if not (math.isfinite(self.nu_min) and self.nu_min > 0):
+            raise ValueError(f"nu_min must be finite and > 0, got {self.nu_min}")
+        if not (math.isfinite(self.nu_init) and self.nu_init > self.nu_min):
+            raise ValueError(f"nu_init ({self.nu_init}) must be finite and exceed nu_min ({self.nu_min})")
+        if not (math.isfinite(self.tau) and self.tau > 0):
+            raise ValueError(f"tau must be finite and > 0, got {self.tau}")
 
 
 @dataclass

@@ -12,6 +12,7 @@ gets CASD's self-distillation from the same code, and the same numbers.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -51,10 +52,10 @@ class ObjectiveConfig:
     def __post_init__(self) -> None:
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
-        if self.lambda_cd < 0:
-            raise ValueError(f"lambda_cd must be >= 0, got {self.lambda_cd}")
-        if not self.tau > 0:
-            raise ValueError(f"tau must be positive, got {self.tau}")
+        if not (math.isfinite(self.lambda_cd) and self.lambda_cd >= 0):
+            raise ValueError(f"lambda_cd must be finite and >= 0, got {self.lambda_cd}")
+        if not (math.isfinite(self.tau) and self.tau > 0):  # tau = inf would make every weight uniform silently
+            raise ValueError(f"tau must be finite and > 0, got {self.tau}")
         if self.noise not in NOISE_STRATEGIES:
             raise ValueError(f"noise must be one of {NOISE_STRATEGIES}, got {self.noise!r}")
         if self.backend not in BACKENDS:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import sys
@@ -24,17 +25,19 @@ from pathlib import Path
 
 import numpy as np
 
+from casd.cli import CommandParser, run_command
 from casd.device import resolve_device
-from casd.errors import UserError
+from casd.errors import ConfigError
 from casd.inference import PredictionResult, TrainedModel, load
 from casd.modalities import COMBINATION_NAMES
+from casd.outputs import check_writable_file, strict_json, write_text
 from casd.vocab import DATASETS, SPLITS, TASKS
 
 __all__ = ["build_parser", "prediction_rows", "run", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m casd.predict", description=__doc__,
+    p = CommandParser(prog="python -m casd.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True, help="best.pt or last.pt of a casd.train run")
     source = p.add_mutually_exclusive_group(required=True)
@@ -82,8 +85,8 @@ def prediction_rows(result: PredictionResult, task: str) -> list[dict]:
 
 
 def write_rows(rows: list[dict], header: dict, fmt: str, out) -> None:
-    if fmt == "json":
-        json.dump({**header, "predictions": rows}, out, indent=1)
+    if fmt == "json":  # strict JSON: an undefined metric is null
+        json.dump(strict_json({**header, "predictions": rows}), out, indent=1, allow_nan=False)
         out.write("\n")
         return
     writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["id"])
@@ -92,8 +95,20 @@ def write_rows(rows: list[dict], header: dict, fmt: str, out) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.out is not None:
+        check_writable_file(args.out)  # before any work
     trained: TrainedModel = load(args.checkpoint, resolve_device(args.device))
-    condition = trained.condition(args.condition, args.eval_seed)  # before loading data: fail fast
+    if args.eval_seed is not None:  # before loading data: fail fast, naming the flag
+        try:
+            trained.conditions(args.eval_seed)
+        except ConfigError as exc:
+            raise ConfigError(f"--eval-seed {args.eval_seed}: {exc}") from exc
+    try:
+        condition = trained.condition(args.condition, args.eval_seed)
+    except ConfigError as exc:
+        raise ConfigError(f"--condition: {exc}") from exc
     data: Path | dict = args.data
     if args.synthetic:
         data = trained.synthetic_split(args.split)
@@ -118,10 +133,11 @@ def run(args: argparse.Namespace) -> dict:
     fmt = args.format or ("json" if args.out is not None and args.out.suffix == ".json" else "csv")
     if args.out is None:
         write_rows(rows, header, fmt, sys.stdout)
-    else:
+    else:  # atomically: an interrupted write leaves the old file (or none), never half a table
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w", newline="") as handle:
-            write_rows(rows, header, fmt, handle)
+        text = io.StringIO(newline="")
+        write_rows(rows, header, fmt, text)
+        write_text(args.out, text.getvalue())
     summary = f"casd.predict: {len(rows)} samples of {result.source} under {result.condition}"
     if result.metrics:
         summary += " | " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
@@ -130,13 +146,8 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (UserError, FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"casd.predict: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    """``python -m casd.predict``: 0, or 2 with one line naming what to fix (casd.cli)."""
+    return run_command("casd.predict", lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from casd.errors import DataError
+from casd.outputs import atomic_write
 from casd.evaluate import ConditionResult
 
 __all__ = ["PER_CONDITION", "OLD_NAMES", "save_predictions", "read_predictions", "condition_names"]
@@ -38,7 +39,7 @@ def save_predictions(path: str | os.PathLike, results: Sequence[ConditionResult]
     for r in results:
         for key in PER_CONDITION:
             arrays[f"{r.condition.name}/{key}"] = getattr(r, key)
-    np.savez_compressed(Path(path), **arrays)
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))  # never a torn file (casd.outputs)
 
 
 def read_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:

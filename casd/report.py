@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from casd.metrics import higher_is_better  # noqa: E402
 from casd.modalities import COMBINATION_NAMES  # noqa: E402
+from casd.outputs import atomic_write  # noqa: E402
 
 __all__ = ["headline_metrics", "format_table", "plot_robustness", "metric_name", "axis_label", "model_label",
            "describe_source", "combination_label", "save_figure"]
@@ -67,8 +68,8 @@ def save_figure(fig, path: Path) -> list[Path]:
     """``path`` (PNG, for the README and a quick look) and the same figure as vector PDF (for a paper)."""
     path = Path(path)
     written = [path, path.with_suffix(".pdf")]
-    fig.savefig(written[0], dpi=150)
-    fig.savefig(written[1])
+    atomic_write(written[0], lambda f: fig.savefig(f, format="png", dpi=150))  # never a torn file (casd.outputs)
+    atomic_write(written[1], lambda f: fig.savefig(f, format="pdf"))
     plt.close(fig)
     return written
 

@@ -24,14 +24,15 @@ row instead of repeating it).
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from casd.errors import OutputError
+from casd.outputs import write_text
 
 __all__ = ["LONG_COLUMNS", "MMSA_CONDITION", "long_rows", "mmsa_cell", "mmsa_row", "merge_rows", "read_rows",
            "write_rows"]
@@ -107,9 +108,8 @@ def merge_rows(path: Path, header: Sequence[str], rows: Iterable[dict], key: str
 
 def write_rows(path: Path, header: Sequence[str], rows: Iterable[dict]) -> None:
     """Write a CSV atomically (a crash leaves the old file or the new one, never half of one)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(header))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(header))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, text.getvalue())

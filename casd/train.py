@@ -10,7 +10,6 @@ casd/distributed.py.
 """
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import sys
@@ -21,18 +20,21 @@ from pathlib import Path
 import torch
 
 from casd.checkpoint import read_checkpoint, run_record
+from casd.cli import run_command
 from casd.config import RECORD_KEY, RunConfig
 from casd.data import DataDescription, Split, generate_synthetic, load_mmsa, split_from_mmsa, validate_splits
-from casd.device import resolve_device, set_threads
+from casd.device import resolve_amp, resolve_device, set_threads
 from casd.distributed import DistContext, init_distributed, shutdown_distributed
-from casd.errors import CheckpointError, ConfigError, UserError
+from casd.errors import ConfigError
 from casd.evaluate import (evaluate_conditions, selection_metric, summarise, test_conditions,
                            validation_conditions)
 from casd.flags import config_from_argv
 from casd.kernels import BackendUnavailableError
 from casd.kernels.runtime import triton_ops
-from casd.provenance import arrays_sha256, file_sha256, provenance
+from casd.outputs import (RESULT_FILES, check_output_dir, prepare_output_dir, remove_files, strict_json,
+                          write_json, write_text)
 from casd.predictions import save_predictions
+from casd.provenance import arrays_sha256, file_sha256, provenance
 from casd.registry import build_model, build_objective
 from casd.report import describe_source, format_table, headline_metrics, model_label, plot_robustness
 from casd.serialize import to_dict
@@ -46,6 +48,8 @@ log = logging.getLogger("casd")
 
 def setup_logging(out_dir: Path, context: DistContext = DistContext()) -> None:
     """Rank 0 logs to stdout and train.log; other ranks print warnings only, tagged with the rank."""
+    for handler in log.handlers:  # a previous run's (the study runs many): close its train.log
+        handler.close()
     log.handlers.clear()
     if not context.is_main:
         log.setLevel(logging.WARNING)
@@ -96,23 +100,28 @@ def run(config: RunConfig) -> dict:
     """Train, select on validation, evaluate on test; write everything under config.output.dir.
 
     Under torchrun every rank runs this; rank 0 alone logs and writes files, and every rank
-    returns the same report.
+    returns the same report (as results.json holds it: strict JSON values).
+
+    Everything that can be refused is checked before the output folder is created or changed
+    (casd.outputs): the flags, the folder itself, the data, the model, and a resumed run's
+    checkpoint; a refused run leaves the folder as it was.
     """
     started = time.perf_counter()
     context, device_name = init_distributed(config.device.name)
     device = resolve_device(device_name)
+    resolve_amp(config.train.amp, device)  # e.g. --amp fp16 without a GPU: refused before any work
     set_threads(config.device.threads)
     backend = config.objective.backend
     if backend == "triton":
-        triton_ops(device)  # fail now, with a clear message, rather than after data loading
+        try:
+            triton_ops(device)  # fail now, with a clear message, rather than after data loading
+        except BackendUnavailableError as exc:
+            raise ConfigError(f"--fused is not available here: {exc}") from exc
     if context.enabled and config.output.dir is None:
         raise ConfigError("under torchrun pass --out: each process would pick its own timestamped folder")
     out_dir = config.output.dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     config = replace(config, output=replace(config.output, dir=out_dir))  # config.json records where
-    if config.output.resume and not (out_dir / "last.pt").exists():
-        raise CheckpointError(f"--resume: no checkpoint {out_dir / 'last.pt'}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(out_dir, context)
+    check_output_dir(out_dir, config.output.resume, config.output.overwrite)  # reads only
     torch.manual_seed(config.train.seed)
 
     splits, source, origin = load_splits(config)
@@ -128,14 +137,27 @@ def run(config: RunConfig) -> dict:
     snapshot = {**record["config"], RECORD_KEY: {
         "argv": sys.argv, "model_kind": record["model_kind"], "model_config": record["model_config"],
         "data": meta, "world_size": context.world_size, "provenance": origin}}
-    if context.is_main:
-        (out_dir / "config.json").write_text(json.dumps(snapshot, indent=2))
+
+    # A resumed run's checkpoint must fit this config: checked before the folder is touched too.
+    resumable = trainer.read_resumable(out_dir / "last.pt") if config.output.resume else None
+
+    # Validated: only now is the folder created (with --overwrite: the old run's files removed).
+    context.barrier()  # every rank has checked the folder before rank 0 changes it
+    removed = prepare_output_dir(out_dir, config.output.overwrite) if context.is_main else []
+    context.barrier()
+    setup_logging(out_dir, context)
+    if removed:
+        log.info("--overwrite: removed %s of the previous run in %s", ", ".join(removed), out_dir)
     log.info("data %s: %s samples, feature dims %s", source, meta["sizes"], meta["feature_dims"])
     log.info("model %s: %d parameters; backend %s on %s, amp %s, %d process(es); output %s", config.model.kind,
              sum(p.numel() for p in model.parameters()), backend, device, trainer.amp_dtype,
              context.world_size, out_dir)
-    if config.output.resume:
-        trainer.resume(out_dir / "last.pt")
+    if resumable is not None:
+        trainer.restore(*resumable)
+        if context.is_main:  # the results will be rewritten, maybe for other epochs: none meanwhile
+            remove_files(out_dir, RESULT_FILES)
+    if context.is_main:
+        write_json(out_dir / "config.json", snapshot)
 
     state = trainer.fit()
     model.load_state_dict(read_checkpoint(out_dir / "best.pt", device)["model"])
@@ -158,14 +180,16 @@ def run(config: RunConfig) -> dict:
                         "world_size": context.world_size, "threads": torch.get_num_threads()},
         "seconds": time.perf_counter() - started,
     }
+    report = strict_json(report)  # undefined metrics (NaN) are null, in the file and for callers
     if context.is_main:
         table = format_table(summary, names)
         print("\n" + table + "\n", flush=True)
-        (out_dir / "results.txt").write_text(table + "\n")
+        # Atomic writes, results.json last: it marks a finished run (casd.outputs).
+        write_text(out_dir / "results.txt", table + "\n")
         save_predictions(out_dir / "predictions.npz", results, splits["test"].ids)
         plot_robustness(summary, names, out_dir / "robustness.png",
                         title=f"{model_label(config.model.kind)} on {describe_source(source)}, test split")
-        (out_dir / "results.json").write_text(json.dumps(report, indent=2, default=float))
+        write_json(out_dir / "results.json", report)
         log.info("wrote %s (results.json, results.txt, predictions.npz, robustness.png/.pdf, best.pt) in %.0fs",
                  out_dir, report["seconds"])
     context.barrier()
@@ -173,17 +197,8 @@ def run(config: RunConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        run(config_from_argv(argv))  # argparse reports its own errors (exit 2)
-    except BackendUnavailableError as exc:
-        print(f"casd.train: --fused is not available here: {exc}", file=sys.stderr)
-        return 2
-    except (UserError, FileNotFoundError, ValueError) as exc:
-        print(f"casd.train: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        shutdown_distributed()
-    return 0
+    """``python -m casd.train``: 0, or 2 with one line naming what to fix (casd.cli)."""
+    return run_command("casd.train", lambda: run(config_from_argv(argv)), cleanup=shutdown_distributed)
 
 
 if __name__ == "__main__":

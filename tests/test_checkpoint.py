@@ -71,12 +71,15 @@ def test_resuming_an_old_checkpoint_with_other_settings_names_them(tmp_path, cap
     out = tmp_path / "run"
     out.mkdir()
     shutil.copy(OLD, out / "last.pt")
-    assert train([*ARGS, "--out", str(out), "--resume", "--lr", "1e-2", "--tau", "0.5", "--noise", "sample"]) == 2
+    assert train([*ARGS, "--out", str(out), "--resume", "--lr", "1e-2", "--weight-decay", "0.1", "--tau", "0.5",
+                  "--noise", "sample"]) == 2
     err = capsys.readouterr().err
-    for line in ("train.lr: checkpoint 0.003, now 0.01", "objective.tau: checkpoint 1.0, now 0.5",
+    for line in ("train.weight_decay: checkpoint 0.01, now 0.1", "objective.tau: checkpoint 1.0, now 0.5",
                  "objective.noise: checkpoint 'batch', now 'sample'"):
         assert line in err
     assert "train.progress" not in err and "device" not in err  # free to differ
+    assert "train.lr: checkpoint" not in err  # may change on resume (casd.checkpoint.RESUME_SAFE)
+    assert err.count("\n") == 1 and sorted(p.name for p in out.iterdir()) == ["last.pt"]  # refused: nothing written
 
 
 def test_unusable_checkpoints_fail_with_a_clear_message(tmp_path):

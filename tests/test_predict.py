@@ -160,7 +160,7 @@ def test_api_errors_are_user_errors_naming_the_problem(runs, tmp_path):
         trained.predict(raw, "frame_0.55")
     with pytest.raises(DataError, match="missing 'vision'"):
         trained.predict({"text": raw["text"], "audio": raw["audio"]})
-    with pytest.raises(DataError, match="no data file"):
+    with pytest.raises(DataError, match="none.pkl: no such file"):
         trained.predict(str(tmp_path / "none.pkl"))
     with pytest.raises(CheckpointError, match="no checkpoint"):
         casd.load(str(tmp_path / "none.pt"))

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
 from pathlib import Path
 
-from casd.errors import UserError
+from casd.cli import CommandParser, run_command
+from casd.errors import ConfigError
 from casd.flags import config_from_argv
+from casd.outputs import check_writable_folder, write_json
 from casd.study.reporting import build_study, plot_study, protocol_tables, write_markdown
 from casd.study.running import VARIANTS, run_config, run_one
 
@@ -20,14 +21,14 @@ DEFAULT_SEEDS = (1111, 1112, 1113)
 # ran them; shared flags come after and may override it.
 STUDY_DEFAULTS = ["--noise", "sample"]
 # casd.train flags the study sets itself per run.
-RESERVED = {"--seed", "--out", "--resume"}
+RESERVED = {"--seed", "--out", "--resume", "--overwrite"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     from casd import study  # the package's docstring is the command's description (imported by now)
 
-    p = argparse.ArgumentParser(prog="python -m casd.study", description=study.__doc__, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CommandParser(prog="python -m casd.study", description=study.__doc__, allow_abbrev=False,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS), help="training seeds")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                    help="variants to train (default: all)")
@@ -41,31 +42,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """``python -m casd.study``: 0, or 2 with one line naming what to fix (casd.cli)."""
+    return run_command("casd.study", lambda: run_study(sys.argv[1:] if argv is None else argv))
+
+
+def run_study(argv: list[str]) -> None:
+    """Parse the study's flags, run (or reuse) every variant x seed, write the report."""
     args, shared = build_parser().parse_known_args(argv)
     reserved = sorted(RESERVED.intersection(a.split("=")[0] for a in shared))
     if reserved:
-        print(f"casd.study: {', '.join(reserved)} are set by the study itself (per variant/seed)", file=sys.stderr)
-        return 2
+        raise ConfigError(f"{', '.join(reserved)}: set by the study itself per variant and seed (it reuses "
+                          "finished runs and resumes interrupted ones)")
     started = time.perf_counter()
     runs: dict[str, dict[int, dict]] = {}
-    try:
-        base = config_from_argv([*STUDY_DEFAULTS, *shared])  # the shared flags; argparse exits 2 on bad ones
-        configs = {v: {s: run_config(base, v, s, args.out / v / f"seed_{s}") for s in args.seeds}
-                   for v in args.variants}  # every variant's config is checked before anything runs
-        args.out.mkdir(parents=True, exist_ok=True)
-        for variant in args.variants:
-            for seed in args.seeds:
-                runs.setdefault(variant, {})[seed] = run_one(configs[variant][seed], args.report_only)
-    except (UserError, FileNotFoundError, ValueError) as exc:
-        print(f"casd.study: {exc}", file=sys.stderr)
-        return 2
+    base = config_from_argv([*STUDY_DEFAULTS, *shared])  # the shared flags, checked
+    configs = {v: {s: run_config(base, v, s, args.out / v / f"seed_{s}") for s in args.seeds}
+               for v in args.variants}  # every variant's config is checked before anything runs
+    check_writable_folder(args.out, "--out")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for variant in args.variants:
+        for seed in args.seeds:
+            runs.setdefault(variant, {})[seed] = run_one(configs[variant][seed], args.report_only)
 
     descriptions = {v: (VARIANTS[v].description, VARIANTS[v].describe()) for v in args.variants}
     # --report-only aggregates exactly what the full command trains: record the full command.
     command = "python -m casd.study " + shlex.join(a for a in argv if a != "--report-only")
     study = build_study(runs, descriptions, args.seeds, command)
-    (args.out / "study.json").write_text(json.dumps(study, indent=2))
+    write_json(args.out / "study.json", study)
     write_markdown(study, args.out / "study.md")
     plot_study(study, args.out / "study.png", tuple(study["plot_metrics"]))
     if args.diagnose:
@@ -77,4 +80,3 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(["", f"{study['primary_metric']}, frame-level sweep", *primary_frame, "",
                      f"{study['primary_metric']}, modality combinations", *primary_modality, ""]))
     print(f"wrote {args.out / 'study.md'}, study.json, study.png/.pdf in {time.perf_counter() - started:.0f}s")
-    return 0

@@ -18,7 +18,7 @@ from typing import Any
 
 from casd import train
 from casd.config import RECORD_KEY, DeviceConfig, OutputConfig, RunConfig
-from casd.errors import ConfigError
+from casd.errors import ConfigError, OutputError
 from casd.flags import config_from_flags
 from casd.registry import MODEL_KINDS
 from casd.report import model_label
@@ -74,8 +74,12 @@ def run_config(base: RunConfig, variant: str, seed: int, out: Path) -> RunConfig
     variant except no_distill); the seed and the output folder are the study's own.
     """
     config = VARIANTS[variant].apply(base)
+    resume = (out / "last.pt").exists()
+    # The study owns its run folders: a folder without last.pt (and without results.json, which
+    # run_one reuses instead) holds a run that stopped before its first checkpoint; start it again.
+    overwrite = not resume and not (out / "results.json").exists() and out.is_dir() and any(out.iterdir())
     return replace(config, train=replace(config.train, seed=seed, progress=False),
-                   output=OutputConfig(dir=out, resume=(out / "last.pt").exists()))
+                   output=OutputConfig(dir=out, resume=resume, overwrite=overwrite))
 
 
 def _comparable(config: RunConfig) -> RunConfig:
@@ -103,7 +107,11 @@ def run_one(config: RunConfig, report_only: bool = False) -> dict:
     out = config.output.dir
     results = out / "results.json"
     if results.exists():
-        report = json.loads(results.read_text())
+        try:
+            report = json.loads(results.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise OutputError(f"{results}: cannot read this finished run's results ({exc}); remove the folder "
+                              "to train it again") from exc
         saved = saved_config(report, results)
         if _comparable(saved) != _comparable(config):
             mine, theirs = flatten(to_dict(_comparable(config))), flatten(to_dict(_comparable(saved)))
@@ -112,6 +120,6 @@ def run_one(config: RunConfig, report_only: bool = False) -> dict:
         log.info("study: reusing %s", out)
         return report
     if report_only:
-        raise FileNotFoundError(f"--report-only: no finished run in {out}")
+        raise ConfigError(f"--report-only: no finished run in {out} (no results.json); run the study without it")
     log.info("study: training %s -> %s%s", config.model.kind, out, " (resuming)" if config.output.resume else "")
     return train.run(config)
