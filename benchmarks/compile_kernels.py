@@ -6,7 +6,8 @@
 Each kernel is compiled with the installed Triton and its bundled ptxas exactly as the
 launchers would launch it at that shape (``casd.kernels.fused.compile_check``); the
 register count and stack bytes come from ``cuobjdump``. Stack bytes > 0 means spills.
-Prints a table (or JSON lines with ``--json``) and exits 1 if a fp32/bf16/fp16 kernel
+Prints a table (or, with ``--json``, a JSON line naming the Triton version and the
+compiled ``casd.kernels`` folder, then one per kernel) and exits 1 if a fp32/bf16/fp16 kernel
 spills. Works from a plain checkout (no ``pip install``) and under any Triton that
 ``setup.py`` supports, e.g. a second environment with the GPU machines' Triton 3.6.
 """
@@ -23,7 +24,7 @@ import triton  # noqa: E402,F401
 
 from benchmarks.repo_imports import ensure_casd_importable  # noqa: E402
 
-ensure_casd_importable()
+KERNELS_DIR = ensure_casd_importable()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -56,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
               for spec in kernel_specs(args.batch, args.components, args.samples, dim, dtype)]
     _ARCH = args.arch
     spilled = []
-    if not args.json:
+    if args.json:
+        print(json.dumps({"triton": triton.__version__, "kernels": KERNELS_DIR}), flush=True)
+    else:
         print(f"Triton {triton.__version__}, sm_{args.arch}, B={args.batch} K={args.components} S={args.samples}")
         print(f"{'kernel':<36} {'regs':>5} {'stack':>6} {'warps':>6} {'maxnreg':>8}")
     # fork: the workers inherit the kernel definitions (nothing to pickle but an index)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One prepared command for a lent GPU machine: versions and per-kernel registers/spills as the
-# device's Triton compiles them, kernel tests on CUDA, the fused training step under
+# One prepared command for a lent GPU machine: the versions and each kernel's registers and spills
+# as the JIT compiles them there, kernel tests on CUDA, the fused training step under
 # torch.compile(fullgraph=True) and in a CUDA graph, a trimmed benchmark sweep (five paths per
 # op: eager / compiled reference, fused eager / compiled / CUDA graph), launch and sync counts,
 # the report. Everything lands in OUTDIR; a short table is printed last.
@@ -14,7 +14,8 @@
 # goes on. Without a GPU it rehearses the same stages on tiny shapes, the fused kernels through
 # Triton's interpreter, so that the GPU run cannot fail on a typo.
 #
-# OUTDIR receives (9 files at most): gpu_check.log, registers.txt, step_check.json,
+# OUTDIR receives (9 files at most): gpu_check.log, kernels.json (torch/Triton versions, registers
+# and spills per kernel and shape), step_check.json,
 # bench_ops_fp32.json, bench_e2e.json, bench_ops_bf16.json, summary.md, speedups.png,
 # profile.tar.gz.
 set -u
@@ -53,6 +54,7 @@ run_stage() {  # name max_seconds command...
     shift 2
     local left=$((BUDGET - (SECONDS - START) - RESERVE))
     local limit=$((max < left ? max : left))
+    : > "$STAGE_LOG"  # a skipped stage must not leave the previous stage's output to be read as its own
     if [ "$limit" -lt 20 ]; then
         record "$name" "skipped (out of time budget)" 0
         return
@@ -79,13 +81,10 @@ if "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'
     MODE=gpu
     SWEEP=(--bench-sweep target)
     E2E_SWEEP=(--bench-sweep axes)
-    ARCH="$("$PY" -c 'import torch; a, b = torch.cuda.get_device_capability(); print(10 * a + b)')"
-    COMPILE_ARGS=(--arch "$ARCH" --dims 64 96 100 120 128 256 --dtypes fp32 bf16 --jobs 8)
 else
     MODE=rehearsal
     SWEEP=(--bench-sweep smoke --bench-interpret)
     E2E_SWEEP=(--bench-sweep smoke --bench-interpret)
-    COMPILE_ARGS=(--dims 128 --dtypes fp32)
     echo "[gpu_check] no CUDA GPU: REHEARSAL on tiny shapes (fused kernels via Triton's interpreter)"
 fi
 BENCH=("${PYTEST[@]}" benchmarks/ --benchmark-only --bench-budget 0.3 --bench-e2e-budget 2)
@@ -118,15 +117,12 @@ export PY
 export -f environment
 run_stage environment 60 bash -c environment
 
-# 2. Registers and stack (spills) of every kernel as this machine's Triton compiles them for
-#    this GPU, at B=4096, K=7, S=4 (issue 13); the same check CI runs for sm_90 without a GPU.
-compile_kernels() {
-    "$PY" -m benchmarks.compile_kernels "$@" | tee "$OUT/registers.txt"
-    return "${PIPESTATUS[0]}"
-}
-export -f compile_kernels
-export OUT
-run_stage compile-kernels 60 bash -c 'compile_kernels "$@"' _ "${COMPILE_ARGS[@]}"
+# 2. Registers and spills of every kernel as the JIT compiles it on this device, at the target
+#    shapes (D = 128 first; no new shape after 40 s), with the torch and Triton versions. The
+#    later stages then find these kernels in Triton's on-disk cache. (CI compiles the same
+#    kernels ahead of time for sm_90 under Triton 3.6 and 3.9: tests/test_triton_versions.py.)
+run_stage kernel-resources 60 "$PY" -m benchmarks.device_kernels --out "$OUT/kernels.json" --budget 40
+KERNEL_TABLE="$(sed -n '/^kernels as compiled on the device/,$p' "$STAGE_LOG")"
 
 # 3. The fused training step: inductor fullgraph vs eager (same numbers), and a CUDA graph
 #    capture whose two replays must draw different noise.
@@ -180,6 +176,8 @@ fi
 echo
 echo "================ gpu_check ($MODE) finished in $((SECONDS - START))s; files in $OUT ================"
 printf '%s\n' "${STAGES[@]}"
+echo
+printf '%s\n' "${KERNEL_TABLE:-kernels.json: no kernel table (see gpu_check.log)}"
 echo
 printf '%s\n' "$REPORT_SHORT"
 ls -la "$OUT"

@@ -14,7 +14,7 @@ loss on both views (``casd.objective.task_loss`` with a single component and sam
     L = L_task(teacher) + L_task(student)
 
 so the only differences from CASD are the fusion (fixed weights instead of per-sample
-confidence) and the absence of distributions and distillation. It reports no confidence
+confidence) and the absence of distributions and distillation. It reports no uncertainty
 (NaN) and, as its component weights, a one-hot vector on the combination of present
 modalities (the only "component" it uses).
 """
@@ -27,11 +27,11 @@ from torch import nn
 
 from casd.encoders import ModalityEncoders
 from casd.modalities import MODALITIES, combination_membership, component_availability
-from casd.model import CASDModel, EncoderConfig, ModelConfig, Prediction
-from casd.objective import LossBreakdown, ObjectiveConfig, concat_views, task_loss
+from casd.distributed import DistContext
+from casd.model import EncoderConfig, Prediction
+from casd.objective import LossBreakdown, ObjectiveConfig, check_task, concat_views, task_loss
 
-__all__ = ["LateFusionConfig", "LateFusionModel", "LateFusionObjective", "MODEL_KINDS", "build_model",
-           "model_kind"]
+__all__ = ["LateFusionConfig", "LateFusionModel", "LateFusionObjective"]
 
 
 @dataclass
@@ -79,43 +79,31 @@ class LateFusionModel(nn.Module):
         size = combination_membership(available.device).sum(1)  # [K]
         used = torch.argmax(available.float() * size, dim=1)  # the combination of all present ones
         weights = nn.functional.one_hot(used, available.shape[1]).float()
-        confidence = torch.full(output.shape[:1], float("nan"), device=output.device)
-        return Prediction(output, confidence, weights)
+        uncertainty = torch.full(output.shape[:1], float("nan"), device=output.device)
+        return Prediction(output, uncertainty, weights)
 
 
 class LateFusionObjective(nn.Module):
-    """L_task(teacher) + L_task(student) on the fused output, both views in one 2B batch."""
+    """L_task(teacher) + L_task(student) on the fused output, both views in one 2B batch.
 
-    def __init__(self, config: ObjectiveConfig):
+    It takes the arguments every objective takes (casd.registry builds them alike), but
+    nothing here samples or distils: ``config`` and ``context`` are not used.
+    """
+
+    def __init__(self, config: ObjectiveConfig = ObjectiveConfig(), task: str = "regression",
+                 context: DistContext = DistContext()):
         super().__init__()
         self.config = config
+        self.task = check_task(task)
 
     def forward(self, model: LateFusionModel, teacher: dict[str, torch.Tensor],
-                student: dict[str, torch.Tensor]) -> LossBreakdown:
+                student: dict[str, torch.Tensor], noise_seed: int | None = None) -> LossBreakdown:
         batch = teacher["labels"].shape[0]
         outputs = model(concat_views(teacher, student))[:, None, None, :]  # [2B, K=1, S=1, O]
         log_pi = outputs.new_zeros(outputs.shape[0], 1)  # one component, weight 1
-        labels, task = teacher["labels"], self.config.task
+        labels, task = teacher["labels"], self.task
         task_teacher = task_loss(outputs[:batch], labels, log_pi[:batch], task)
         task_student = task_loss(outputs[batch:], labels, log_pi[batch:], task)
         zero = torch.zeros((), device=outputs.device)
         return LossBreakdown(task_teacher + task_student, task_teacher, task_student, zero)
 
-
-# The model kinds `python -m casd.train --model` trains; checkpoints record the kind.
-MODEL_KINDS = {"casd": (ModelConfig, CASDModel), "late_fusion": (LateFusionConfig, LateFusionModel)}
-
-
-def build_model(kind: str, config: dict) -> nn.Module:
-    """Rebuild a model of ``kind`` from its config dict (as stored in checkpoints)."""
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; choose one of {sorted(MODEL_KINDS)}")
-    config_class, model_class = MODEL_KINDS[kind]
-    return model_class(config_class(**config))
-
-
-def model_kind(model: nn.Module) -> str:
-    for kind, (_, model_class) in MODEL_KINDS.items():
-        if type(model) is model_class:
-            return kind
-    raise ValueError(f"{type(model).__name__} is not one of the model kinds {sorted(MODEL_KINDS)}")

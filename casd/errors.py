@@ -1,13 +1,13 @@
 """Failures the user can fix: each reaches the command line as one line and exit status 2.
 
 Anything else that escapes a command is a bug in casd and keeps its traceback. The entry
-points (train, predict, study) catch ``UserError`` once, at the top, print
-``<program>: error: <message>`` and exit with ``UserError.exit_code``; messages therefore
-name the file, split, key or flag at fault and say what would be accepted.
+points (train, predict, study) catch ``UserError`` once, at the top (``casd.cli.run_command``),
+print ``<program>: error: <message>`` and exit with ``UserError.exit_code``; messages therefore
+are one line that names the file, split, key or flag at fault and says what would be accepted.
 """
 from __future__ import annotations
 
-__all__ = ["UserError", "DataError", "ConfigError", "CheckpointError", "OutputError"]
+__all__ = ["UserError", "DataError", "ConfigError", "CheckpointError", "OutputError", "DivergenceError"]
 
 
 class UserError(Exception):
@@ -30,3 +30,9 @@ class CheckpointError(UserError):
 
 class OutputError(UserError):
     """An output folder that cannot be written, or that would overwrite a finished run."""
+
+
+class DivergenceError(UserError):
+    """Training produced non-finite losses or gradients too many steps in a row: the settings
+    (learning rate, precision) do not suit the data. The run's last.pt can be resumed with
+    safer ones (casd.checkpoint.RESUME_SAFE)."""

@@ -1,18 +1,45 @@
-"""Evaluation under the missing-modality protocols: predictions and metrics per condition."""
+"""Evaluation under the missing-modality protocols: predictions and metrics per condition.
+
+Test conditions are the 17 of casd.data.evaluation_conditions with the run's evaluation seed;
+validation (model selection) uses its own seeds and a coarser frame sweep, never the test ones.
+Every model is evaluated through its ``predict`` (casd.registry.Predictor).
+"""
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from casd.data import EvalCondition, Split, apply_condition, batch_to, make_loader
+from casd.data import EvalCondition, Split, apply_condition, batch_to, evaluation_conditions, make_loader
+from casd.device import autocast_context
 from casd.distributed import DistContext
+from casd.errors import DivergenceError
 from casd.metrics import compute_metrics, sweep_summary
-from casd.model import CASDModel
+from casd.registry import Predictor
 
-__all__ = ["ConditionResult", "predict_split", "evaluate_conditions", "summarise"]
+__all__ = ["ConditionResult", "VALID_SEED_OFFSET", "VALID_RATES", "test_conditions", "validation_conditions",
+           "selection_metric", "predict_split", "evaluate_conditions", "summarise"]
+
+# Validation uses its own seeds (never the test ones) and a coarser sweep to stay cheap.
+VALID_SEED_OFFSET = 100_000
+VALID_RATES = (0.0, 0.3, 0.6, 0.9)
+
+
+def test_conditions(seed: int) -> list[EvalCondition]:
+    """The 17 recorded test conditions of evaluation seed ``seed``."""
+    return evaluation_conditions(seed)
+
+
+def validation_conditions(seed: int) -> list[EvalCondition]:
+    """Model-selection conditions: frame rates VALID_RATES and the 7 combinations, on seeds of their own."""
+    return [c for c in evaluation_conditions(seed + VALID_SEED_OFFSET)
+            if c.protocol == "modality" or round(c.rate, 1) in VALID_RATES]
+
+
+def selection_metric(task: str) -> str:
+    """The validation metric that picks the best epoch."""
+    return "F1_weighted" if task == "classification" else "MAE"
 
 
 @dataclass
@@ -20,36 +47,30 @@ class ConditionResult:
     condition: EvalCondition
     metrics: dict[str, float]
     output: np.ndarray  # [N] scores or [N, C] logits
-    confidence: np.ndarray  # [N]
+    uncertainty: np.ndarray  # [N] ubar: higher = less sure
     weights: np.ndarray  # [N, K]
     labels: np.ndarray  # [N]
 
 
-def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):
-    if amp_dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
-
-
 @torch.no_grad()
 def predict_split(
-    model: CASDModel,
+    model: Predictor,
     split: Split,
     present: np.ndarray | None,
     device: torch.device,
     batch_size: int = 256,
     amp_dtype: torch.dtype | None = None,
 ) -> dict[str, np.ndarray]:
-    """Run ``model.predict`` over a split in order; returns output, confidence, weights."""
+    """Run ``model.predict`` over a split in order; returns output, uncertainty, weights."""
     was_training = model.training
     model.eval()
-    chunks: dict[str, list[np.ndarray]] = {"output": [], "confidence": [], "weights": []}
+    chunks: dict[str, list[np.ndarray]] = {"output": [], "uncertainty": [], "weights": []}
     try:
         for batch in make_loader(split, batch_size, shuffle=False, present=present):
             with autocast_context(device, amp_dtype):
                 prediction = model.predict(batch_to(batch, device))
             chunks["output"].append(prediction.output.float().cpu().numpy())
-            chunks["confidence"].append(prediction.confidence.float().cpu().numpy())
+            chunks["uncertainty"].append(prediction.uncertainty.float().cpu().numpy())
             chunks["weights"].append(prediction.weights.float().cpu().numpy())
     finally:
         model.train(was_training)
@@ -63,7 +84,7 @@ def _predict_rows(model, split: Split, present: np.ndarray, rows: slice, device,
 
 
 def evaluate_conditions(
-    model: CASDModel,
+    model: Predictor,
     split: Split,
     conditions: list[EvalCondition],
     dataset: str,
@@ -88,6 +109,11 @@ def evaluate_conditions(
             predicted = context.gather_arrays(shard)
         else:
             predicted = predict_split(model, degraded, present, device, batch_size, amp_dtype)
+        bad = ~np.isfinite(predicted["output"]).reshape(len(predicted["output"]), -1).all(axis=1)
+        if bad.any():  # finite weights can still overflow in the forward pass once training has diverged
+            raise DivergenceError(
+                f"the model's outputs under {condition.name} are not finite for {int(bad.sum())} of {len(bad)} "
+                "samples: training diverged (resume it with a lower --lr, or train with --amp off)")
         metrics = compute_metrics(predicted["output"], split.labels, dataset, task)
         results.append(ConditionResult(condition, metrics, labels=split.labels, **predicted))
         if progress is not None:

@@ -207,3 +207,37 @@ class ConsistencyDistillationLoss(nn.Module):
             points, teacher.params, student.params, omega, weights, backend=self.backend
         )
         return loss
+
+
+def set_backend(module: nn.Module, backend: str) -> list[str]:
+    """Switch every CASD layer inside ``module`` to ``backend`` ("torch" or "triton"), in place.
+
+    ``module`` may be a whole model, an objective (casd.objective.CASDObjective holds the
+    sampler and L_cd), or one layer. A CASD layer is a module whose class is one of this
+    file's, or derives from one (casd.sampler's row-keyed sampler, casd.distillation's
+    global-batch L_cd), and that has a ``backend`` attribute; nothing else is touched, and
+    only that attribute changes, so weights, buffers and optimizer state stay as they are.
+    Returns the names of the switched layers (as ``module.named_modules()`` gives them;
+    "" is ``module`` itself). Refuses an unknown backend, a "triton" that is not installed,
+    and a module with no CASD layer (a silent no-op would look like a switch).
+    """
+    # Local imports keep this function self-contained at the end of the file.
+    from casd.errors import ConfigError
+    from casd.kernels import BACKENDS, BackendUnavailableError, triton_available
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "triton" and not triton_available():
+        raise BackendUnavailableError("backend 'triton' needs the triton package (pip install triton)")
+    switched = []
+    for name, layer in module.named_modules():
+        if hasattr(layer, "backend") and any(cls.__module__ == __name__ for cls in type(layer).__mro__):
+            layer.backend = backend
+            switched.append(name)
+    if not switched:
+        raise ConfigError(f"{type(module).__name__} holds no CASD layer with a backend; the sampler and the "
+                          "distillation loss usually live in the objective: pass that")
+    return switched
+
+
+__all__.append("set_backend")

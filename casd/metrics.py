@@ -49,9 +49,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from casd.vocab import DATASETS, TASKS
+
 __all__ = [
-    "REGRESSION_DATASETS",
-    "TASKS",
     "regression_metrics",
     "classification_metrics",
     "compute_metrics",
@@ -59,10 +59,10 @@ __all__ = [
     "sweep_summary",
     "accuracy",
     "f1_score",
+    "average_ranks",
+    "spearman",
 ]
 
-REGRESSION_DATASETS = ("mosi", "mosei", "sims")
-TASKS = ("regression", "classification")
 
 MOSI_METRICS = (
     "Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score",
@@ -187,13 +187,35 @@ def _mae(preds: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.abs(preds.astype(np.float64) - labels.astype(np.float64))))
 
 
+def average_ranks(x: object) -> np.ndarray:
+    """1-based ranks of a vector in float64; tied values share the mean of the ranks they span
+    (``scipy.stats.rankdata(x, method="average")``)."""
+    values = _as_vector(x, "x").astype(np.float64)
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    # Runs of equal values over sorted positions [s, e) get the rank (s + 1 + e) / 2.
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], ordered.shape[0]]
+    ranks = np.empty_like(values)
+    ranks[order] = np.repeat((starts + 1 + ends) / 2.0, ends - starts)
+    return ranks
+
+
+def spearman(x: object, y: object) -> float:
+    """Spearman's rank correlation: the Pearson correlation of the average ranks of x and y
+    (``scipy.stats.spearmanr(x, y).correlation``); NaN when x or y is constant."""
+    rx, ry = average_ranks(x), average_ranks(y)
+    _check_lengths(rx, ry, "x")
+    return _correlation(rx, ry)
+
+
 # ---------------------------------------------------------------------------- public metrics
 
 
 def _check_dataset(dataset: str) -> str:
     key = dataset.lower() if isinstance(dataset, str) else dataset
-    if key not in REGRESSION_DATASETS:
-        raise ValueError(f"unknown regression dataset {dataset!r}; choose one of {REGRESSION_DATASETS}")
+    if key not in DATASETS:
+        raise ValueError(f"unknown regression dataset {dataset!r}; choose one of {DATASETS}")
     return key
 
 

@@ -1,6 +1,8 @@
 """The CASD network (formulation §2): encoders -> combination embeddings -> Student-t mixture -> predictor."""
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -10,6 +12,7 @@ from casd.encoders import ModalityEncoders
 from casd.kernels import StudentTMixture
 from casd.layers import CombinationEmbedding, ConfidenceMixture, StudentTHead
 from casd.modalities import MODALITIES, component_availability
+from casd.vocab import DISTRIBUTIONS, WEIGHTINGS
 
 __all__ = ["EncoderConfig", "ModelConfig", "CASDModel", "Prediction", "GAUSSIAN_NU"]
 
@@ -33,6 +36,11 @@ class EncoderConfig:
         self.feature_dims = tuple(int(d) for d in self.feature_dims)
         if len(self.feature_dims) != len(MODALITIES) or min(self.feature_dims) < 1:
             raise ValueError(f"feature_dims must be three positive ints, got {self.feature_dims}")
+        for name in ("hidden", "encoder_layers", "heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:  # also refuses NaN
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
         if self.output_dim < 1:
@@ -47,21 +55,38 @@ class ModelConfig(EncoderConfig):
     embed_dim: int = 32
     nu_min: float = 2.0
     nu_init: float = 5.0
-    tau: float = 1.0
+    tau: float = 1.0  # temperature of pi; a run sets it from ObjectiveConfig.tau (RunConfig.network_config)
     weighting: str = "confidence"  # or "uniform" (ablation)
     distribution: str = "student_t"  # or "gaussian" (ablation)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.distribution not in ("student_t", "gaussian"):
-            raise ValueError(f"distribution must be 'student_t' or 'gaussian', got {self.distribution!r}")
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {self.distribution!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        if self.embed_dim < 1:
+            raise ValueError(f"embed_dim must be >= 1, got {self.embed_dim}")
+        if not (math.isfinite(self.nu_min) and self.nu_min > 0):
+            raise ValueError(f"nu_min must be finite and > 0, got {self.nu_min}")
+        if not (math.isfinite(self.nu_init) and self.nu_init > self.nu_min):
+            raise ValueError(f"nu_init ({self.nu_init}) must be finite and exceed nu_min ({self.nu_min})")
+        if not (math.isfinite(self.tau) and self.tau > 0):
+            raise ValueError(f"tau must be finite and > 0, got {self.tau}")
 
 
 @dataclass
 class Prediction:
     output: torch.Tensor  # [B] regression score, or [B, C] class logits
-    confidence: torch.Tensor  # [B] ubar = sum_k pi_k u_k (lower = more confident)
+    uncertainty: torch.Tensor  # [B] ubar = sum_k pi_k u_k (formulation §3): higher = less sure
     weights: torch.Tensor  # [B, K] pi, zero for absent combinations
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        """Deprecated name of ``uncertainty`` (it holds ubar, where higher means less sure)."""
+        warnings.warn("Prediction.confidence is deprecated: it is ubar (higher = less sure); use "
+                      "Prediction.uncertainty", DeprecationWarning, stacklevel=2)
+        return self.uncertainty
 
 
 class CASDModel(nn.Module):
@@ -98,7 +123,7 @@ class CASDModel(nn.Module):
         return self.mixture(mu, log_sigma, nu, component_availability(batch["present"]))
 
     def predict_from_mixture(self, mixture: StudentTMixture) -> Prediction:
-        """y_hat = sum_k pi_k f(mu_k), with the confidence ubar and the weights pi."""
+        """y_hat = sum_k pi_k f(mu_k), with the uncertainty ubar and the weights pi."""
         outputs = self.predictor(mixture.mu).float()  # [B, K, O]
         weights = mixture.weights
         combined = (weights.unsqueeze(-1) * outputs).sum(1)

@@ -4,7 +4,7 @@
         --condition frame_0.5 --out predictions.csv
 
 For every sample it writes the prediction (the score, or the class and its logits), the
-confidence ubar = sum_k pi_k u_k (lower = more confident; NaN for the late-fusion baseline,
+uncertainty ubar = sum_k pi_k u_k (higher = less sure; NaN for the late-fusion baseline,
 which has none) and the component weights pi over the 7 modality combinations, as CSV or JSON
 (chosen by --format or the --out suffix). When the data carry labels it also prints metrics.
 
@@ -17,27 +17,27 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from casd.baseline import build_model
-from casd.data import (SPLITS, EvalCondition, Split, SyntheticConfig, apply_condition, evaluation_conditions,
-                       generate_synthetic, restricted_load, split_from_mmsa)
-from casd.evaluate import predict_split
-from casd.metrics import compute_metrics
-from casd.modalities import COMBINATION_NAMES, MODALITIES
-from casd.trainer import resolve_device
+from casd.cli import CommandParser, run_command
+from casd.device import resolve_device
+from casd.errors import ConfigError
+from casd.inference import PredictionResult, TrainedModel, load
+from casd.modalities import COMBINATION_NAMES
+from casd.outputs import check_writable_file, strict_json, write_text
+from casd.vocab import DATASETS, SPLITS, TASKS
 
-__all__ = ["load_checkpoint", "load_data", "check_compatible", "parse_condition", "predict", "main"]
+__all__ = ["build_parser", "prediction_rows", "run", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m casd.predict", description=__doc__,
+    p = CommandParser(prog="python -m casd.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True, help="best.pt or last.pt of a casd.train run")
     source = p.add_mutually_exclusive_group(required=True)
@@ -47,10 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=SPLITS, default="test", help="split of a multi-split file")
     p.add_argument("--condition", default=None,
                    help="evaluation condition to apply: frame_0.0 .. frame_0.9 or modality_<t|a|v|ta|tv|av|tav>")
-    p.add_argument("--eval-seed", type=int, default=1111, help="base seed of the frame-level masks (as casd.train)")
-    p.add_argument("--dataset", choices=("mosi", "mosei", "sims"),
+    p.add_argument("--eval-seed", type=int, default=None,
+                   help="base seed of the frame-level masks (default: the run's recorded --eval-seed, so "
+                   "frame_r reproduces its test masks)")
+    p.add_argument("--dataset", choices=DATASETS,
                    help="data set kind; must match the checkpoint's (default: the checkpoint's)")
-    p.add_argument("--task", choices=("regression", "classification"),
+    p.add_argument("--task", choices=TASKS,
                    help="must match the checkpoint's (default: the checkpoint's)")
     p.add_argument("--out", type=Path, help="output file (.csv or .json); default: print CSV to stdout")
     p.add_argument("--format", choices=("csv", "json"), help="default: from the --out suffix, else csv")
@@ -59,124 +61,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_checkpoint(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """The trained model (eval mode) and the checkpoint's record of how it was trained."""
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint {path}")
-    checkpoint = torch.load(path, map_location=device, weights_only=True)
-    for key in ("model", "model_config", "metadata"):
-        if key not in checkpoint:
-            raise ValueError(f"{path} is not a casd.train checkpoint (no {key!r})")
-    model = build_model(checkpoint.get("model_kind", "casd"), checkpoint["model_config"])
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval(), checkpoint
-
-
-def _raw_split(path: Path, split: str) -> dict:
-    data = restricted_load(path)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a dict (of splits, or of one split's arrays), got {type(data).__name__}")
-    if "text" in data:  # one split's arrays at the top level
-        return data
-    if split not in data:
-        raise ValueError(f"{path}: no split {split!r} (present: {sorted(data)})")
-    return data[split]
-
-
-def load_data(args: argparse.Namespace, metadata: dict, task: str) -> tuple[Split, bool, str]:
-    """(split, whether it has labels, a description of where it came from)."""
-    if args.synthetic:
-        if not metadata.get("synthetic"):
-            raise ValueError(f"--synthetic: the checkpoint was trained on {metadata.get('source')}, "
-                             "not on the synthetic data set; pass --data")
-        recorded = metadata["synthetic"]
-        config = SyntheticConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()})
-        raw = generate_synthetic(config)[args.split]
-        where = f"synthetic(seed={config.seed}) split {args.split!r}"
-    else:
-        if not args.data.exists():
-            raise FileNotFoundError(f"no data file {args.data}")
-        raw = dict(_raw_split(args.data, args.split))
-        where = f"{args.data} split {args.split!r}"
-    label_key = f"{task}_labels"
-    has_labels = label_key in raw
-    if not has_labels:  # unlabelled new data: placeholder labels, no metrics
-        n = len(np.asarray(raw["text"])) if "text" in raw else 0
-        raw[label_key] = np.zeros(n, dtype=np.float32 if task == "regression" else np.int64)
-    return split_from_mmsa(raw, task, where=where), has_labels, where
-
-
-def check_compatible(split: Split, metadata: dict, has_labels: bool, args: argparse.Namespace) -> None:
-    """Refuse data that do not fit the checkpoint, naming every difference."""
-    problems = []
-    trained_dims = [int(d) for d in metadata["feature_dims"]]
-    if list(split.feature_dims) != trained_dims:
-        for name, got, want in zip(MODALITIES, split.feature_dims, trained_dims):
-            if got != want:
-                problems.append(f"{name} feature dimension: data {got}, checkpoint {want}")
-    for flag in ("dataset", "task"):
-        given = getattr(args, flag)
-        if given is not None and given != metadata[flag]:
-            problems.append(f"--{flag}: given {given!r}, checkpoint trained on {metadata[flag]!r}")
-    if has_labels and metadata["task"] == "classification":
-        classes = metadata["num_classes"]
-        if split.labels.size and (split.labels.min() < 0 or split.labels.max() >= classes):
-            problems.append(f"class labels in [{split.labels.min()}, {split.labels.max()}], "
-                            f"checkpoint has {classes} classes")
-    if list(split.seq_lens) != list(metadata.get("seq_lens", split.seq_lens)):
-        # Not an error: the encoders take any length (masked, sinusoidal positions).
-        print(f"casd.predict: note: sequence lengths {list(split.seq_lens)} differ from training "
-              f"{metadata['seq_lens']} (text, audio, vision)", file=sys.stderr)
-    if problems:
-        raise ValueError("data do not match the checkpoint (trained on "
-                         f"{metadata.get('source')}):\n  " + "\n  ".join(problems))
-
-
-def parse_condition(name: str | None, eval_seed: int) -> EvalCondition | None:
-    if name is None or name == "none":
-        return None
-    conditions = {c.name: c for c in evaluation_conditions(eval_seed)}
-    if name not in conditions:
-        raise ValueError(f"unknown condition {name!r}; choose none or one of {sorted(conditions)}")
-    return conditions[name]
-
-
-def predict(model: torch.nn.Module, split: Split, condition: EvalCondition | None, device: torch.device,
-            batch_size: int = 256) -> dict[str, np.ndarray]:
-    """output, confidence, weights for every sample of ``split`` under ``condition``."""
-    present = None
-    if condition is not None:
-        split, present = apply_condition(split, condition)
-    return predict_split(model, split, present, device, batch_size)
-
-
 def _value(x: np.floating) -> float | None:
     """A float32 as the shortest decimal that reads back to it (-1.6, not -1.600000023841858)."""
     return None if math.isnan(x) else float(str(np.float32(x)))
 
 
-def prediction_rows(split: Split, predicted: dict[str, np.ndarray], has_labels: bool, task: str,
-                    condition: str) -> list[dict]:
+def prediction_rows(result: PredictionResult, task: str) -> list[dict]:
     rows = []
-    for i in range(split.num_samples):
-        row = {"id": str(split.ids[i]), "condition": condition}
-        if has_labels:
-            row["label"] = _value(split.labels[i]) if task == "regression" else int(split.labels[i])
-        output = predicted["output"][i]
+    for i, sample_id in enumerate(result.ids):
+        row = {"id": str(sample_id), "condition": result.condition}
+        if result.labels is not None:
+            row["label"] = _value(result.labels[i]) if task == "regression" else int(result.labels[i])
+        output = result.output[i]
         if task == "classification":
             row["prediction"] = int(np.argmax(output))
             row.update({f"logit_{c}": _value(v) for c, v in enumerate(output)})
         else:
             row["prediction"] = _value(output)
-        row["confidence"] = _value(predicted["confidence"][i])
-        row.update({f"weight_{c}": _value(w) for c, w in zip(COMBINATION_NAMES, predicted["weights"][i])})
+        row["uncertainty"] = _value(result.uncertainty[i])
+        row.update({f"weight_{c}": _value(w) for c, w in zip(COMBINATION_NAMES, result.weights[i])})
         rows.append(row)
     return rows
 
 
 def write_rows(rows: list[dict], header: dict, fmt: str, out) -> None:
-    if fmt == "json":
-        json.dump({**header, "predictions": rows}, out, indent=1)
+    if fmt == "json":  # strict JSON: an undefined metric is null
+        json.dump(strict_json({**header, "predictions": rows}), out, indent=1, allow_nan=False)
         out.write("\n")
         return
     writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["id"])
@@ -185,47 +95,59 @@ def write_rows(rows: list[dict], header: dict, fmt: str, out) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    device = resolve_device(args.device)
-    model, checkpoint = load_checkpoint(args.checkpoint, device)
-    metadata = checkpoint["metadata"]
-    task = metadata["task"]
-    condition = parse_condition(args.condition, args.eval_seed)  # before loading data: fail fast
-    split, has_labels, where = load_data(args, metadata, args.task or task)
-    check_compatible(split, metadata, has_labels, args)
-    predicted = predict(model, split, condition, device, args.batch_size)
-    condition_name = condition.name if condition is not None else "none"
-    metrics = compute_metrics(predicted["output"], split.labels, metadata["dataset"], task) if has_labels else None
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.out is not None:
+        check_writable_file(args.out)  # before any work
+    trained: TrainedModel = load(args.checkpoint, resolve_device(args.device))
+    if args.eval_seed is not None:  # before loading data: fail fast, naming the flag
+        try:
+            trained.conditions(args.eval_seed)
+        except ConfigError as exc:
+            raise ConfigError(f"--eval-seed {args.eval_seed}: {exc}") from exc
+    try:
+        condition = trained.condition(args.condition, args.eval_seed)
+    except ConfigError as exc:
+        raise ConfigError(f"--condition: {exc}") from exc
+    data: Path | dict = args.data
+    if args.synthetic:
+        data = trained.synthetic_split(args.split)
+        source = f"synthetic(seed={trained.metadata['synthetic']['seed']}) split {args.split!r}"
+    result = trained.predict(data, condition, split=args.split, dataset=args.dataset, task=args.task,
+                             batch_size=args.batch_size)
+    if args.synthetic:
+        result.source = source
+    for note in result.notes:
+        print(f"casd.predict: note: {note}", file=sys.stderr)
+    metadata = trained.metadata
     header = {
-        "checkpoint": str(args.checkpoint), "model_kind": checkpoint.get("model_kind", "casd"),
-        "data": where, "condition": condition_name,
+        "checkpoint": str(args.checkpoint), "model_kind": trained.kind,
+        "data": result.source, "condition": result.condition,
         "condition_seed": list(condition.seed) if condition is not None and condition.seed else None,
         "trained_on": {k: metadata.get(k) for k in ("source", "dataset", "task", "feature_dims",
                                                     "missing_protocol", "missing_rate")},
-        "metrics": metrics,
+        "trained_with": trained.provenance,
+        "metrics": result.metrics,
     }
-    rows = prediction_rows(split, predicted, has_labels, task, condition_name)
+    rows = prediction_rows(result, trained.task)
     fmt = args.format or ("json" if args.out is not None and args.out.suffix == ".json" else "csv")
     if args.out is None:
         write_rows(rows, header, fmt, sys.stdout)
-    else:
+    else:  # atomically: an interrupted write leaves the old file (or none), never half a table
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w", newline="") as handle:
-            write_rows(rows, header, fmt, handle)
-    summary = f"casd.predict: {len(rows)} samples of {where} under {condition_name}"
-    if metrics:
-        summary += " | " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        text = io.StringIO(newline="")
+        write_rows(rows, header, fmt, text)
+        write_text(args.out, text.getvalue())
+    summary = f"casd.predict: {len(rows)} samples of {result.source} under {result.condition}"
+    if result.metrics:
+        summary += " | " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
     print(summary + (f" -> {args.out}" if args.out else ""), file=sys.stderr)
     return {**header, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"casd.predict: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    """``python -m casd.predict``: 0, or 2 with one line naming what to fix (casd.cli)."""
+    return run_command("casd.predict", lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

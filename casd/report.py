@@ -1,6 +1,8 @@
-"""Human-readable output of an evaluation: a plain-text table and a robustness plot."""
+"""Human-readable output of an evaluation: a plain-text table, a robustness plot, and the
+labels every casd plot uses (metric names with their direction, model names, data sources)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib
@@ -8,21 +10,68 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from casd.metrics import higher_is_better  # noqa: E402
 from casd.modalities import COMBINATION_NAMES  # noqa: E402
+from casd.outputs import atomic_write  # noqa: E402
 
-__all__ = ["headline_metrics", "format_table", "plot_robustness"]
+__all__ = ["headline_metrics", "format_table", "plot_robustness", "metric_name", "axis_label", "model_label",
+           "describe_source", "combination_label", "save_figure"]
 
 _HEADLINE = {
     "regression": ("Has0_acc_2", "Non0_F1_score", "Mult_acc_7", "MAE", "Corr"),
     "sims": ("Mult_acc_2", "Mult_acc_5", "F1_score", "MAE", "Corr"),
     "classification": ("Acc", "F1_weighted", "F1_macro"),
 }
+# How a paper names MMSA's metrics ("has-0": labels of 0 count as positive; "non-0": they are left out).
+_METRIC_NAMES = {
+    "Has0_acc_2": "Acc-2 (has-0)", "Has0_F1_score": "F1 (has-0)", "Non0_acc_2": "Acc-2 (non-0)",
+    "Non0_F1_score": "F1 (non-0)", "Mult_acc_2": "Acc-2", "Mult_acc_3": "Acc-3", "Mult_acc_5": "Acc-5",
+    "Mult_acc_7": "Acc-7", "F1_score": "F1", "MAE": "MAE", "Corr": "Corr", "Acc": "Accuracy",
+    "F1_weighted": "weighted F1", "F1_macro": "macro F1",
+}
+_MODEL_LABELS = {"casd": "CASD", "late_fusion": "late fusion"}
 
 
 def headline_metrics(dataset: str, task: str) -> tuple[str, ...]:
     if task == "classification":
         return _HEADLINE["classification"]
     return _HEADLINE["sims"] if dataset == "sims" else _HEADLINE["regression"]
+
+
+def metric_name(metric: str) -> str:
+    """The name a paper uses for one of casd.metrics' metrics: "Acc-2 (has-0)" for Has0_acc_2."""
+    return _METRIC_NAMES.get(metric, metric)
+
+
+def axis_label(metric: str) -> str:
+    """An axis label that says which way is better: "MAE (lower is better)"."""
+    return f"{metric_name(metric)} ({'higher' if higher_is_better(metric) else 'lower'} is better)"
+
+
+def model_label(kind: str) -> str:
+    """A model kind's name in plots and tables: "CASD", "late fusion"."""
+    return _MODEL_LABELS.get(kind, kind.replace("_", " "))
+
+
+def describe_source(source: str) -> str:
+    """A data description for a title: "synthetic data (seed 0)" or the feature file's name."""
+    match = re.fullmatch(r"synthetic\(seed=(-?\d+)\)", source)
+    return f"synthetic data (seed {match.group(1)})" if match else Path(source).name
+
+
+def combination_label(name: str) -> str:
+    """"ta" -> "{t,a}": the modalities present."""
+    return "{" + ",".join(name) + "}"
+
+
+def save_figure(fig, path: Path) -> list[Path]:
+    """``path`` (PNG, for the README and a quick look) and the same figure as vector PDF (for a paper)."""
+    path = Path(path)
+    written = [path, path.with_suffix(".pdf")]
+    atomic_write(written[0], lambda f: fig.savefig(f, format="png", dpi=150))  # never a torn file (casd.outputs)
+    atomic_write(written[1], lambda f: fig.savefig(f, format="pdf"))
+    plt.close(fig)
+    return written
 
 
 def _row(label: str, metrics: dict[str, float], names: tuple[str, ...]) -> str:
@@ -46,32 +95,40 @@ def format_table(summary: dict, names: tuple[str, ...]) -> str:
         lines += ["modality combination (present)", header, "-" * len(header)]
         for name in COMBINATION_NAMES:
             if name in modality["combinations"]:
-                lines.append(_row("{" + ",".join(name) + "}", modality["combinations"][name], names))
+                lines.append(_row(combination_label(name), modality["combinations"][name], names))
         lines.append(_row("mean", modality["mean"], names))
     return "\n".join(lines)
 
 
-def plot_robustness(summary: dict, names: tuple[str, ...], path: Path, title: str = "") -> None:
-    """One panel per headline metric against the frame-level missing rate, and one bar chart
-    of the primary metric per modality combination."""
-    panels = len(names) + ("modality" in summary)
-    fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.0), squeeze=False)
-    axes = axes[0]
-    if "frame" in summary:
-        frame = summary["frame"]
-        for ax, name in zip(axes, names):
-            ax.plot(frame["rates"], frame["metrics"][name], marker="o")
-            ax.set_xlabel("missing rate r")
-            ax.set_title(name)
-            ax.grid(alpha=0.3)
-    if "modality" in summary:
-        ax = axes[-1]
-        combos = [c for c in COMBINATION_NAMES if c in summary["modality"]["combinations"]]
-        ax.bar(combos, [summary["modality"]["combinations"][c][names[0]] for c in combos])
-        ax.set_title(f"{names[0]} by modalities present")
-        ax.set_xlabel("present modalities")
+def plot_robustness(summary: dict, names: tuple[str, ...], path: Path, title: str = "") -> list[Path]:
+    """One run's test metrics: each headline metric against the frame-level missing rate, and
+    the first of ``names`` for each set of present modalities. Dots are the measured
+    conditions (one run: no error bars); the y-axes start where the data do, and each label
+    says which direction is better. Writes PNG and PDF."""
+    panels = [("frame", name) for name in names if "frame" in summary]
+    panels += [("modality", names[0])] if "modality" in summary else []
+    columns = min(len(panels), 3)
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.0 * columns, 3.2 * rows + 0.4), squeeze=False,
+                             layout="constrained")
+    axes = list(axes.flat)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for ax, (protocol, name) in zip(axes, panels):
+        if protocol == "frame":
+            frame = summary["frame"]
+            ax.plot(frame["rates"], frame["metrics"][name], marker="o", markersize=4, linewidth=1, color="C0")
+            ax.set_xticks([round(0.2 * i, 1) for i in range(5)])
+            ax.set_xlabel("frame-level missing rate r")
+        else:
+            combos = [c for c in COMBINATION_NAMES if c in summary["modality"]["combinations"]]
+            ax.plot(range(len(combos)), [summary["modality"]["combinations"][c][name] for c in combos], "o",
+                    color="C0")
+            ax.set_xticks(range(len(combos)), [combination_label(c) for c in combos], fontsize=8)
+            ax.set_xlabel("modalities present")
+        ax.set_ylabel(axis_label(name))
+        ax.ticklabel_format(axis="y", useOffset=False)  # tick labels show the values themselves
+        ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return save_figure(fig, path)

@@ -8,12 +8,15 @@ as the uninterrupted run would have (tests/test_resume.py kills a run and checks
 
 Several processes (torchrun): see ``casd.distributed`` for what is kept identical to a
 single-process run at the same global batch.
+
+The trainer knows nothing about how a model samples or distils: it calls
+``objective(model, teacher, student, noise_seed)`` (casd.registry builds both) with this
+epoch's seed, and writes checkpoints in casd.checkpoint's layout.
 """
 from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,25 +27,23 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from casd.baseline import model_kind
+from casd.checkpoint import atomic_save, check_resumable, read_checkpoint
 from casd.data import EvalCondition, Split, SplitDataset, TrainingMissingness, batch_to, make_loader
-from casd.distributed import DistContext, GlobalBatchDistillation, RowKeyedSampler, loss_scale, row_keys
-from casd.evaluate import autocast_context, evaluate_conditions
-from casd.layers import ConsistencyDistillationLoss, StudentTSampler
+from casd.data.missing import TRAIN_PROTOCOLS
+from casd.device import autocast_context, resolve_amp
+from casd.distributed import DistContext, loss_scale
+from casd.errors import CheckpointError, ConfigError, DivergenceError
+from casd.evaluate import evaluate_conditions
 from casd.metrics import higher_is_better
 from casd.objective import LossBreakdown
+from casd.vocab import AMP_MODES
 
-__all__ = ["TrainConfig", "Trainer", "TrainStep", "resolve_amp", "resolve_device", "atomic_save"]
+__all__ = ["TrainConfig", "Trainer", "TrainStep", "TrainingState"]
 
 log = logging.getLogger("casd")
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
-NOISE_KEYING = ("sample", "batch")
-# TrainConfig fields that do not change the training trajectory (free to differ on --resume).
-RESUME_FREE_FIELDS = ("progress", "eval_batch_size", "max_bad_steps")
 
-
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 20
     batch_size: int = 64
@@ -57,54 +58,32 @@ class TrainConfig:
     # Chosen on the synthetic validation split over 3 seeds (0.3, 0.5, 0.7, 0.9; docs/study.md).
     missing_rate: float = 0.7
     eval_batch_size: int = 256
-    max_bad_steps: int = 20  # non-finite losses tolerated (skipped) before the run is aborted
-    progress: bool = True
-    # Reparameterisation noise: "batch" draws one 64-bit key per step (per rank under torchrun)
-    # on the device from the run's seeded generator. "sample" keys each sample's draws by (epoch
-    # seed, view, sample index): results then do not depend on the number of processes. Either
-    # way the draws are made for the whole batch at once (--fused: inside the kernels, eps never
-    # stored).
-    noise: str = "batch"
+    # Steps skipped in a row (non-finite loss or gradients) before the run stops with a
+    # DivergenceError; the skipped steps are counted per epoch in the history either way.
+    max_bad_steps: int = 20
+    progress: bool = True  # progress bars (rank 0)
 
     def __post_init__(self) -> None:
-        if self.amp not in ("auto", *AMP_DTYPES):
-            raise ValueError(f"amp must be one of auto, bf16, fp16, off; got {self.amp!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.missing_protocol not in TRAIN_PROTOCOLS:
+            raise ValueError(f"missing_protocol must be one of {TRAIN_PROTOCOLS}, got {self.missing_protocol!r}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "patience", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.missing_rate <= 1:
-            raise ValueError(f"missing_rate must be in [0, 1], got {self.missing_rate}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.noise not in NOISE_KEYING:
-            raise ValueError(f"noise must be one of {NOISE_KEYING}, got {self.noise!r}")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return device
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` on ``device``; None means full precision."""
-    if amp == "auto":
-        if device.type != "cuda":
-            return None  # CPU autocast rarely pays off and bf16 matmuls are slow on many CPUs
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if amp == "fp16" and device.type == "cpu":
-        raise ValueError("--amp fp16 needs a GPU; use bf16 or off on the CPU")
-    return AMP_DTYPES[amp]
-
-
-def atomic_save(obj: object, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves a torn checkpoint."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
+        # Every float setting must be finite: NaN passes any comparison that is written as a refusal.
+        # lr <= 1: AdamW moves every weight by about lr per step, so no run converges above that.
+        for name, low, high, closed in (("lr", 0.0, 1.0, False), ("weight_decay", 0.0, math.inf, True),
+                                        ("grad_clip", 0.0, math.inf, False),
+                                        ("warmup_fraction", 0.0, 1.0, True), ("missing_rate", 0.0, 1.0, True)):
+            value = getattr(self, name)
+            inside = math.isfinite(value) and (low <= value if closed else low < value) and value <= high
+            if not inside:
+                bounds = (f"{'[' if closed else '('}{low:g}, {high:g}]" if high < math.inf
+                          else (">= 0" if closed else "> 0"))
+                raise ValueError(f"{name} must be finite and {'in ' if high < math.inf else ''}{bounds}, got {value}")
 
 
 def warmup_cosine(total_steps: int, warmup_fraction: float):
@@ -125,7 +104,8 @@ class TrainingState:
     best_score: float | None = None
     best_epoch: int = 0
     epochs_without_improvement: int = 0
-    bad_steps: int = 0
+    bad_steps: int = 0  # training steps skipped (non-finite loss or gradients), in all
+    bad_steps_in_a_row: int = 0  # ... since the last step taken (max_bad_steps of them stop the run)
     stopped_early: bool = False
     history: list[dict] = field(default_factory=list)
 
@@ -139,8 +119,9 @@ class TrainStep(nn.Module):
         self.model = model
         self.objective = objective
 
-    def forward(self, teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        losses = self.objective(self.model, teacher, student)
+    def forward(self, teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor],
+                noise_seed: int) -> tuple[torch.Tensor, ...]:
+        losses = self.objective(self.model, teacher, student, noise_seed)
         return losses.total, losses.task_teacher, losses.task_student, losses.distillation
 
 
@@ -161,10 +142,12 @@ class Trainer:
         task: str,
         device: torch.device,
         out_dir: Path,
-        metadata: dict,
+        record: dict,
         selection_metric: str,
         context: DistContext = DistContext(),
     ):
+        """``record`` (casd.checkpoint.run_record) describes the run in every checkpoint;
+        ``objective`` is called as objective(model, teacher, student, noise_seed)."""
         self.model = model.to(device)
         self.objective = objective
         self.train_split = train_split
@@ -175,12 +158,11 @@ class Trainer:
         self.dataset, self.task = dataset, task
         self.device = device
         self.out_dir = out_dir
-        self.metadata = metadata
+        self.record = record
         self.selection_metric = selection_metric
         self.context = context
         self.amp_dtype = resolve_amp(config.amp, device)
         self.missingness = TrainingMissingness(config.missing_protocol, config.missing_rate)
-        self._install_randomness(objective)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         steps_per_epoch = math.ceil(train_split.num_samples / config.batch_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -199,32 +181,25 @@ class Trainer:
                 static_graph=True,
             )
 
-    def _install_randomness(self, objective: nn.Module) -> None:
-        """Sample-keyed noise and global-batch L_cd row weights for objectives that sample."""
-        sampler = getattr(objective, "sampler", None)
-        if self.config.noise == "sample" and isinstance(sampler, StudentTSampler):
-            objective.sampler = RowKeyedSampler(sampler.num_samples, sampler.backend)
-        distill = getattr(objective, "distill", None)
-        if self.context.enabled and isinstance(distill, ConsistencyDistillationLoss):
-            objective.distill = GlobalBatchDistillation(distill.tau, distill.backend, self.context)
-
     # --- seeding -----------------------------------------------------------------------
     def _epoch_seed(self, epoch: int) -> int:
         return (self.config.seed * 1_000_003 + epoch * 7_919) % 2**31
 
     # --- one epoch ---------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One epoch; the global-batch mean of each loss over the steps taken, and how many steps
+        were skipped for non-finite losses or gradients."""
         seed = self._epoch_seed(epoch)
         # Dropout (and, with noise="batch", the sampler's seeds) come from the global generator:
-        # one stream per rank, rank 0's being the single-process one.
+        # one stream per rank, rank 0's being the single-process one. With noise="sample" the
+        # objective keys each sample's noise by this epoch's seed (casd.sampler).
         torch.manual_seed((seed + 7_777_777 * self.context.rank) % 2**31)
         shuffle = torch.Generator().manual_seed(seed)
         missing = torch.Generator(device=self.device).manual_seed(seed + 1)
         loader = make_loader(self.train_data, self.config.batch_size, shuffle=True, generator=shuffle)
-        keyed = isinstance(getattr(self.objective, "sampler", None), RowKeyedSampler)
         self.model.train()
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # total, T, S, cd; global-batch means
-        steps = 0
+        steps = skipped = 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{self.config.epochs}", leave=False,
                    disable=not (self.config.progress and self.context.is_main), dynamic_ncols=True)
         for batch in bar:
@@ -240,47 +215,73 @@ class Trainer:
                             epoch, global_rows, self.context.world_size)
                 continue
             teacher, student = _rows(full, rows), _rows(full_student, rows)
-            if keyed:
-                index = teacher["index"]
-                self.objective.sampler.row_keys = row_keys(seed, 0, index) + row_keys(seed, 1, index)
             with autocast_context(self.device, self.amp_dtype):
-                losses = LossBreakdown(*self.step_module(teacher, student))
-            if not self._all_finite(losses.total):
-                if self.context.enabled:  # DDP expects a backward after each forward; its grads are dropped
-                    (losses.total * 0.0).backward()
-                self._skip_bad_step(losses)
-                continue
+                losses = LossBreakdown(*self.step_module(teacher, student, seed))
             scale = loss_scale(local_rows, global_rows, self.context)
-            self.scaler.scale(losses.total * scale).backward()
+            self.scaler.scale(losses.total * scale).backward()  # also for a bad loss: DDP expects a backward
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            bad = self._non_finite(losses.total, grad_norm)
+            if bad is not None:
+                self._skip_bad_step(epoch, losses, bad)
+                skipped += 1
+                continue
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
+            self.state.bad_steps_in_a_row = 0
             steps += 1
             values = torch.stack([v.detach().double() for v in vars(losses).values()])
             sums += values * (local_rows / global_rows)
             if self.config.progress and self.context.is_main:
                 bar.set_postfix(loss=f"{float(sums[0]) / steps:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
         if steps == 0:
-            raise RuntimeError(f"epoch {epoch}: no finite training step; see {self.out_dir / 'train.log'}")
+            raise DivergenceError(f"epoch {epoch}: every training step had a non-finite loss or gradients "
+                                  f"({skipped} skipped); {self._advice()}")
         sums = self.context.all_reduce_sum(sums) / steps  # shard-weighted sums -> global-batch means
-        return {f"train_{name}": float(value) for name, value in zip(vars(losses), sums)}
+        return {**{f"train_{name}": float(value) for name, value in zip(vars(losses), sums)}, "skipped_steps": skipped}
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        """Whether every rank's loss is finite: all ranks must skip a step together."""
-        bad = (~torch.isfinite(loss.detach())).to(torch.float32).reshape(1)
-        return float(self.context.all_reduce_sum(bad)) == 0
+    def _non_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> str | None:
+        """"loss" or "gradients" when this step's loss or gradient norm is not finite on some
+        rank, else None; every rank gets the same answer, so all ranks skip a step together.
 
-    def _skip_bad_step(self, losses: LossBreakdown) -> None:
+        A finite loss can still have non-finite gradients (an overflow in the backward pass), and
+        one such step would make every weight NaN. The norm is of the unscaled gradients, so
+        under fp16 this is the GradScaler's own inf check: the step is skipped and counted once
+        (the scaler never steps it). Under DDP the gradients are averaged over ranks already,
+        the loss is per rank. One all-reduce and one host synchronisation per step, as the loss
+        check alone had."""
+        flags = torch.stack([~torch.isfinite(loss.detach()), ~torch.isfinite(grad_norm.detach())])
+        loss_bad, grads_bad = (float(x) > 0 for x in self.context.all_reduce_sum(flags.to(torch.float32)).cpu())
+        return "loss" if loss_bad else "gradients" if grads_bad else None
+
+    def _advice(self) -> str:
+        last = self.out_dir / "last.pt"
+        resume = (f"continue from the last finished epoch with --resume --out {self.out_dir} and a lower --lr "
+                  f"(now {self.config.lr:g})") if last.exists() else f"rerun with a lower --lr (now {self.config.lr:g})"
+        return resume + (" or --amp off" if self.amp_dtype is not None else "") + f"; see {self.out_dir / 'train.log'}"
+
+    def _skip_bad_step(self, epoch: int, losses: LossBreakdown, what: str) -> None:
+        """Drop this step's gradients, count it, and stop after ``max_bad_steps`` in a row."""
+        if self.scaler.is_enabled():
+            # unscale_ ran: close the scaler's step without stepping the optimiser. Overflowing
+            # gradients lower the loss scale, as the scaler's own skip would (that is what fp16
+            # loss scaling is for); a non-finite loss keeps it (the scale cannot help the forward).
+            scale = self.scaler.get_scale()
+            self.scaler.update(new_scale=scale * self.scaler.get_backoff_factor() if what == "gradients" else scale)
         self.optimizer.zero_grad(set_to_none=True)
         self.state.bad_steps += 1
-        log.warning("non-finite loss skipped (%s); %d so far", losses.as_floats(), self.state.bad_steps)
-        if self.state.bad_steps > self.config.max_bad_steps:
-            raise RuntimeError(
-                f"more than {self.config.max_bad_steps} non-finite losses; lower --lr or use --amp off"
-            )
+        self.state.bad_steps_in_a_row += 1
+        log.warning("epoch %d: step skipped, non-finite %s (losses %s%s); %d in a row, %d in all", epoch, what,
+                    {k: round(v, 6) for k, v in losses.as_floats().items()},
+                    f", fp16 loss scale now {self.scaler.get_scale():g}" if self.scaler.is_enabled() else "",
+                    self.state.bad_steps_in_a_row, self.state.bad_steps)
+        if self.state.bad_steps_in_a_row >= self.config.max_bad_steps:
+            raise DivergenceError(
+                f"epoch {epoch}: {self.state.bad_steps_in_a_row} training steps in a row had "
+                f"{'a non-finite loss' if what == 'loss' else 'non-finite gradients'} "
+                f"(limit: train.max_bad_steps = {self.config.max_bad_steps}); {self._advice()}")
 
     def validate(self) -> tuple[float, dict[str, float]]:
         """Mean selection metric over the validation conditions (validation split only)."""
@@ -326,10 +327,11 @@ class Trainer:
                 # which rewrites the same best.pt.
                 atomic_save(self.checkpoint(), self.out_dir / "last.pt")
             log.info(
-                "epoch %d  loss %.4f (task T %.4f, S %.4f, cd %.4f)  valid %s %.4f%s  %.1fs",
+                "epoch %d  loss %.4f (task T %.4f, S %.4f, cd %.4f)  valid %s %.4f%s  %.1fs%s",
                 epoch, record["train_total"], record["train_task_teacher"], record["train_task_student"],
                 record["train_distillation"], self.selection_metric, score,
                 "  *best*" if improved else "", record["seconds"],
+                f"  ({record['skipped_steps']} non-finite steps skipped)" if record["skipped_steps"] else "",
             )
             if self.state.stopped_early:
                 log.info("early stop: no validation improvement for %d epochs", self.config.patience)
@@ -339,13 +341,10 @@ class Trainer:
 
     # --- checkpoints -----------------------------------------------------------------------
     def checkpoint(self) -> dict:
+        """The run's record (casd.checkpoint) with the weights and everything a resume continues from."""
         return {
+            **self.record,
             "model": self.model.state_dict(),
-            "model_kind": model_kind(self.model),
-            "model_config": self.model.config.to_dict(),
-            "objective_config": asdict(self.objective.config),
-            "train_config": asdict(self.config),
-            "metadata": self.metadata,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -356,26 +355,61 @@ class Trainer:
         """Restore model, optimiser, schedule and progress from a checkpoint of this run.
 
         Everything that shapes the trajectory must match the checkpoint (model, objective,
-        training settings, data); a mismatch is an error that names the differing fields.
+        training settings, data, evaluation seeds); a mismatch is a CheckpointError that names
+        the differing fields (casd.checkpoint.check_resumable). The settings of
+        casd.checkpoint.RESUME_SAFE may differ: they are applied and logged.
         """
-        checkpoint = torch.load(path, map_location=self.device, weights_only=True)
-        mine = self.checkpoint()
-        differences = []
-        for section in ("model_kind", "model_config", "objective_config", "train_config", "metadata"):
-            saved, current = checkpoint.get(section), mine[section]
-            if isinstance(current, dict) and isinstance(saved, dict):
-                keys = sorted(set(saved) | set(current))
-                differences += [f"{section}.{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}"
-                                for k in keys if saved.get(k) != current.get(k)
-                                and not (section == "train_config" and k in RESUME_FREE_FIELDS)]
-            elif saved != current:
-                differences.append(f"{section}: checkpoint {saved!r}, now {current!r}")
-        if differences:
-            raise ValueError(f"--resume: {path} was written by a different run configuration:\n  "
-                             + "\n  ".join(differences) + "\nrerun with the original flags or a new --out")
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
-        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.restore(*self.read_resumable(path))
+
+    def read_resumable(self, path: Path) -> tuple[dict, list[tuple[str, object, object]], Path]:
+        """Read and check a checkpoint to resume from, changing nothing (casd.train calls this
+        before it touches the output folder); ``restore`` then applies it."""
+        checkpoint = read_checkpoint(path, self.device)
+        changes = check_resumable(checkpoint, self.record, path)
+        missing = [key for key in ("optimizer", "scheduler", "scaler", "state") if key not in checkpoint]
+        if missing:
+            raise CheckpointError(f"--resume: {path} lacks {missing}: it holds weights, not a resumable state")
+        try:
+            finished = TrainingState(**checkpoint["state"]).epoch
+        except TypeError as exc:
+            raise CheckpointError(f"--resume: {path} holds an unknown training state ({exc})") from exc
+        if self.config.epochs < finished:
+            raise ConfigError(f"--epochs {self.config.epochs}: the run in {path.parent} has already finished "
+                              f"{finished} epochs; pass at least {finished}")
+        return checkpoint, changes, path
+
+    def restore(self, checkpoint: dict, changes: list[tuple[str, object, object]], path: Path) -> None:
+        """Continue from ``checkpoint`` (read_resumable), with the allowed ``changes`` applied."""
+        try:
+            self.model.load_state_dict(checkpoint["model"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            reason = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:300]
+            raise CheckpointError(f"--resume: {path} does not hold a resumable state ({type(exc).__name__}: "
+                                  f"{reason}); start the run again with --overwrite") from exc
         self.state = TrainingState(**checkpoint["state"])
+        self._apply_resume_changes(changes)
         log.info("resumed from %s after epoch %d", path, self.state.epoch)
+
+    def _apply_resume_changes(self, changes: list[tuple[str, object, object]]) -> None:
+        """Apply the settings that changed since the checkpoint (casd.checkpoint.RESUME_SAFE);
+        with none, the restored state is left bit for bit as saved."""
+        names = {name for name, _, _ in changes}
+        for name, old, new in changes:
+            log.info("--resume: %s changed from %r to %r", name, old, new)
+        if names & {"train.lr", "train.epochs"}:
+            # The schedule is the one built for this config (its factor is a function of the step, not
+            # saved); its base is the new peak lr. The next step uses lr * factor(step), as a run
+            # started with these settings would at this step.
+            factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+            self.scheduler.base_lrs = [self.config.lr for _ in self.optimizer.param_groups]
+            for group in self.optimizer.param_groups:
+                group["initial_lr"] = self.config.lr
+                group["lr"] = self.config.lr * factor
+        if "train.patience" in names:
+            self.state.stopped_early = self.state.epochs_without_improvement >= self.config.patience
+        if "train.epochs" in names and self.state.stopped_early:
+            log.info("--resume: the run stopped early (no validation improvement for %d epochs); it trains on "
+                     "only with a --patience above that", self.state.epochs_without_improvement)

@@ -9,6 +9,8 @@ states are h_m. Everything after h_m is casd.layers, unchanged:
     h [B,3,H] -> CombinationEmbedding -> StudentTHead -> ConfidenceMixture -> StudentTSampler
               -> predictor;  L = L_task(teacher) + L_task(student) + lambda_cd * L_cd
 
+The model satisfies casd.objective.MixtureModel (forward -> StudentTMixture, a ``predictor``),
+so casd.objective.CASDObjective, the objective casd.train uses for CASD, trains it.
 ``--fused`` runs the sampler and L_cd through the Triton kernels (CUDA, or the CPU interpreter).
 """
 from __future__ import annotations
@@ -25,11 +27,10 @@ from casd.data import (SyntheticConfig, TrainingMissingness, apply_condition, ba
                        evaluation_conditions, generate_synthetic, make_loader, split_from_mmsa)
 from casd.kernels import StudentTMixture
 from casd.kernels.runtime import triton_ops
-from casd.layers import (CombinationEmbedding, ConfidenceMixture, ConsistencyDistillationLoss, StudentTHead,
-                         StudentTSampler)
+from casd.layers import CombinationEmbedding, ConfidenceMixture, StudentTHead
 from casd.metrics import compute_metrics
 from casd.modalities import MODALITIES, component_availability
-from casd.objective import LossBreakdown, concat_views, task_loss
+from casd.objective import CASDObjective, ObjectiveConfig
 
 REPORTED = ("frame_0.0", "frame_0.5", "modality_t", "modality_av")  # names from evaluation_conditions()
 
@@ -72,28 +73,6 @@ class LateFusionLSTM(nn.Module):
         """y_hat = sum_k pi_k f(mu_k) -> [B]."""
         mixture = self(batch)
         return (mixture.weights * self.predictor(mixture.mu).squeeze(-1)).sum(1)
-
-
-class SelfDistillation(nn.Module):
-    """CASD's objective for any model whose forward gives a StudentTMixture and has a .predictor."""
-
-    def __init__(self, num_samples: int = 4, lambda_cd: float = 0.1, backend: str = "torch"):
-        super().__init__()
-        self.sampler = StudentTSampler(num_samples, backend)
-        self.distill = ConsistencyDistillationLoss(tau=1.0, backend=backend)
-        self.lambda_cd = lambda_cd
-
-    def forward(self, model: LateFusionLSTM, teacher: dict, student: dict) -> LossBreakdown:
-        b, labels = teacher["labels"].shape[0], teacher["labels"]
-        mixture = model(concat_views(teacher, student))  # both views, same weights, one 2B pass
-        z = self.sampler(mixture)  # [2B, K, S, D], differentiable in mu, sigma and nu
-        out = model.predictor(z)
-        task_teacher = task_loss(out[:b], labels, mixture.log_pi[:b], "regression")
-        task_student = task_loss(out[b:], labels, mixture.log_pi[b:], "regression")
-        # The student view is pulled towards the (detached) teacher at the teacher's samples.
-        distillation = self.distill(mixture[:b], mixture[b:], z[:b])
-        total = task_teacher + task_student + self.lambda_cd * distillation
-        return LossBreakdown(total, task_teacher, task_student, distillation)
 
 
 def train(model, objective, split, epochs: int, device, batch_size=32, lr=3e-3, seed=0) -> None:
@@ -159,7 +138,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                                              num_test=args.samples[1]))
     train_split, test_split = split_from_mmsa(raw["train"]), split_from_mmsa(raw["test"])
     model = LateFusionLSTM(tuple(getattr(train_split, m).shape[2] for m in MODALITIES)).to(device)
-    objective = SelfDistillation(backend="triton" if args.fused else "torch")
+    # 4 samples per component, lambda_cd = 0.1, tau = 1, one noise seed per step (casd.objective).
+    backend = "triton" if args.fused else "torch"
+    objective = CASDObjective(ObjectiveConfig(num_samples=4, lambda_cd=0.1, backend=backend))
     train(model, objective, train_split, args.epochs, device, seed=args.seed)
 
     results = evaluate(model, test_split, device)

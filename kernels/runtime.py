@@ -22,6 +22,8 @@ import warnings
 
 import torch
 
+from . import interpreter_compat
+
 __all__ = ["BackendUnavailableError", "triton_available", "interpreter_enabled", "triton_ops"]
 
 
@@ -68,6 +70,8 @@ def _select_interpreter() -> None:
             RuntimeWarning,
             stacklevel=4,
         )
+    # Triton 3.6's interpreter breaks under numpy >= 2.4; see interpreter_compat.
+    interpreter_compat.apply()
 
 
 def triton_ops(device: torch.device) -> types.ModuleType:

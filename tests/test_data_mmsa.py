@@ -8,7 +8,9 @@ from torch.utils.data import default_collate
 
 from casd.data.loader import BATCH_KEYS, SplitDataset, batch_to, batches_from_split, make_loader
 from casd.data.mmsa import SPLITS, Split, load_mmsa, split_from_mmsa
+from casd.data.errors import InvalidDataError
 from casd.data.synthetic import SyntheticConfig, generate_synthetic, write_synthetic
+from casd.errors import DataError
 
 
 def _bert(rng, lengths, max_len):
@@ -75,7 +77,7 @@ def test_classification_labels_are_class_ids(tmp_path):
     assert split.labels.dtype == np.int64
     np.testing.assert_array_equal(split.labels, raw["classification_labels"].astype(np.int64))
     raw["classification_labels"] = raw["classification_labels"] + 0.5
-    with pytest.raises(ValueError, match="integral"):
+    with pytest.raises(InvalidDataError, match="integral"):
         split_from_mmsa(raw, task="classification")
     with pytest.raises(ValueError, match="unknown task"):
         split_from_mmsa(raw, task="ranking")
@@ -104,48 +106,100 @@ def test_text_lengths_without_bert_use_the_last_nonzero_row():
     np.testing.assert_array_equal(split.audio_lengths, expected)
 
 
-def test_lengths_are_clipped_to_the_padded_length():
+@pytest.mark.parametrize("key, index, value, what", [
+    ("audio_lengths", 0, 50, r"'audio_lengths' must hold whole numbers in \[0, 9\] .*; 1 do not \(sample 0: 50\)"),
+    ("vision_lengths", 1, -3, r"'vision_lengths' must hold whole numbers in \[0, 5\] .*\(sample 1: -3\)"),
+    ("vision_lengths", 2, 2.5, r"'vision_lengths'.*\(sample 2: 2.5\)"),
+    ("vision_lengths", 0, np.nan, r"'vision_lengths'.*\(sample 0: nan\)"),
+])
+def test_lengths_outside_the_padded_length_are_refused(key, index, value, what):
     raw, _ = _unaligned(np.random.default_rng(4), la=9, lv=5)
-    raw["audio_lengths"][0] = 50
-    raw["vision_lengths"][1] = -3
-    split = split_from_mmsa(raw)
-    assert split.audio_lengths[0] == 9 and split.vision_lengths[1] == 0
+    raw[key] = np.asarray(raw[key], dtype=np.float64)
+    raw[key][index] = value
+    with pytest.raises(InvalidDataError, match=r"^split: " + what):
+        split_from_mmsa(raw)
 
 
 def test_errors_name_file_split_and_key(tmp_path):
     rng = np.random.default_rng(5)
     good = {name: _unaligned(rng)[0] for name in SPLITS}
 
-    path = _write(tmp_path, {"train": good["train"], "test": good["test"]}, "nosplit.pkl")
-    with pytest.raises(KeyError, match=r"nosplit\.pkl.*'valid'"):
-        load_mmsa(path)
+    def refused(data, name, what):
+        path = _write(tmp_path, data, name)
+        with pytest.raises(InvalidDataError, match=what) as info:
+            load_mmsa(path)
+        assert isinstance(info.value, DataError) and str(info.value).startswith(str(path))
+        assert "\n" not in str(info.value)
+
+    refused({"train": good["train"], "test": good["test"]}, "nosplit.pkl", r"nosplit\.pkl: missing split.*'valid'")
+    refused([good["train"]], "list.pkl", r"list\.pkl: expected a dict of splits")
 
     broken = {k: dict(v) for k, v in good.items()}
     del broken["valid"]["vision"]
-    with pytest.raises(KeyError, match=r"nokey\.pkl split 'valid'.*'vision'"):
-        load_mmsa(_write(tmp_path, broken, "nokey.pkl"))
+    refused(broken, "nokey.pkl", r"nokey\.pkl split 'valid': missing key 'vision'")
 
     broken = {k: dict(v) for k, v in good.items()}
     broken["test"]["regression_labels"] = broken["test"]["regression_labels"][:4]
-    with pytest.raises(ValueError, match=r"count\.pkl split 'test'.*disagree.*regression_labels"):
-        load_mmsa(_write(tmp_path, broken, "count.pkl"))
+    refused(broken, "count.pkl", r"count\.pkl split 'test'.*disagree.*regression_labels")
 
     broken = {k: dict(v) for k, v in good.items()}
     broken["train"]["audio"] = broken["train"]["audio"][:, :, 0]
-    with pytest.raises(ValueError, match=r"rank\.pkl split 'train'.*'audio'.*rank 3"):
-        load_mmsa(_write(tmp_path, broken, "rank.pkl"))
+    refused(broken, "rank.pkl", r"rank\.pkl split 'train'.*'audio'.*rank 3")
 
     raw = dict(good["train"])
     del raw["audio_lengths"]  # unaligned (La != Lt) without lengths: cannot be derived
-    with pytest.raises(KeyError, match="audio_lengths"):
+    with pytest.raises(InvalidDataError, match="audio_lengths"):
         split_from_mmsa(raw)
 
     raw = dict(good["train"])
     raw["vision"] = raw["vision"].copy()
     raw["vision"][0, 0, 0] = np.nan
-    with pytest.raises(ValueError, match="'vision'.*non-finite"):
+    with pytest.raises(InvalidDataError, match="'vision'.*non-finite"):
         split_from_mmsa(raw)
     assert split_from_mmsa(raw, nan_to_zero=True).vision[0, 0, 0] == 0
+
+
+def _refused_split(raw, what, task="regression"):
+    with pytest.raises(InvalidDataError, match=what) as info:
+        split_from_mmsa(raw, task, where="f.pkl split 'train'")
+    message = str(info.value)
+    assert message.startswith("f.pkl split 'train': ") and "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("change, what", [
+    (lambda raw: raw.update(vision=np.zeros((6, 0, 2), np.float32)), r"'vision' has shape \[6, 0, 2\].*L >= 1"),
+    (lambda raw: raw.update(audio=np.zeros((6, 9, 0))), r"'audio' has shape \[6, 9, 0\].*F >= 1"),
+    (lambda raw: raw.update(text=np.zeros((0, 7, 4)), text_bert=np.zeros((0, 3, 7))), "no samples"),
+    (lambda raw: raw.update(audio=np.array(["a"] * 6)), r"'audio' must hold numbers, got dtype <U1"),
+    (lambda raw: raw.update(vision=[[[1.0]], [[1.0, 2.0]]]), "'vision' is not an array"),
+    (lambda raw: raw.update(audio=np.full((6, 9, 3), 1e300)), "'audio' holds 162 non-finite"),
+    (lambda raw: raw["regression_labels"].__setitem__((2, 0), np.nan),
+     r"'regression_labels' must hold finite labels; 1 do not \(sample 2: nan\)"),
+    (lambda raw: raw["regression_labels"].__setitem__((0, 0), np.inf), r"finite labels; 1 do not \(sample 0: inf\)"),
+    (lambda raw: raw.update(regression_labels_T=np.full(6, np.nan)), "'regression_labels_T' must hold finite"),
+    (lambda raw: raw["text_bert"].__setitem__((0, 1, 0), 2.0), "attention mask.*only 0 and 1"),
+    (lambda raw: raw.update(id=np.array([object()] * 6)), None),
+    (lambda raw: raw.pop("id"), "missing key 'id'"),
+    (lambda raw: raw.update(regression_labels=np.zeros((6, 2))), r"must be \[N\] or \[N, 1\]"),
+])
+def test_split_problems_are_one_line_data_errors(change, what):
+    raw, _ = _unaligned(np.random.default_rng(8))
+    raw = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in raw.items()}
+    change(raw)
+    if what is None:  # ids of arbitrary objects become strings, as MMSA's astype(str) would
+        assert split_from_mmsa(raw).ids.dtype.kind == "U"
+    else:
+        _refused_split(raw, what)
+
+
+@pytest.mark.parametrize("value, what", [(0.5, r"integral class ids; 1 do not \(sample 3: 0.5\)"),
+                                         (np.nan, "finite labels"), (1e300, "integral class ids")])
+def test_class_ids_must_be_whole_numbers(value, what):
+    raw, _ = _unaligned(np.random.default_rng(9))
+    raw["classification_labels"] = raw["classification_labels"].copy()
+    raw["classification_labels"][3] = value
+    _refused_split(raw, what, task="classification")
 
 
 def test_subset_keeps_rows_together():

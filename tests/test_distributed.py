@@ -1,7 +1,8 @@
 """Distributed training: N processes compute what one process computes at the same global batch.
 
-The unit tests check the pieces in one process (sharding, sample-keyed noise, the loss scaling
-and the global-batch L_cd row weights, against the full-batch gradient); the end-to-end test
+The unit tests check the pieces in one process (sharding, sample-keyed noise (casd.sampler),
+the loss scaling and the global-batch L_cd row weights (casd.distillation), against the
+full-batch gradient); the end-to-end test
 runs ``torchrun --nproc_per_node=2 -m casd.train`` on the CPU (gloo) and compares it with a
 single-process run.
 
@@ -21,8 +22,10 @@ import numpy as np
 import pytest
 import torch
 
-from casd.distributed import DistContext, GlobalBatchDistillation, RowKeyedSampler, loss_scale, row_keys
+from casd.distillation import GlobalBatchDistillation, distillation_loss
+from casd.distributed import DistContext, loss_scale
 from casd.layers import ConsistencyDistillationLoss
+from casd.sampler import Sampler, row_keys
 from casd.model import CASDModel, ModelConfig
 from casd.objective import CASDObjective, ObjectiveConfig
 from casd.train import main as train_main
@@ -56,17 +59,24 @@ def test_row_keyed_noise_does_not_depend_on_the_batch_around_a_row():
     model = CASDModel(ModelConfig(DIMS, hidden=16, heads=2, embed_dim=6, dropout=0.0))
     mixture = model(random_batch(10, gen))
     index = torch.randperm(10_000, generator=gen)[:10]
-    sampler = RowKeyedSampler(3)
-    sampler.row_keys = row_keys(77, 1, index)
-    full = sampler(mixture)
+    sampler = Sampler(3, noise="sample")
+    full = sampler(mixture, row_keys(77, 1, index))
     rows = torch.tensor([7, 2, 5])  # another batch composition and order
-    sampler.row_keys = row_keys(77, 1, index[rows])
-    torch.testing.assert_close(sampler(mixture[rows]), full[rows], rtol=0, atol=0)
-    sampler.row_keys = row_keys(78, 1, index)  # another epoch: other noise
-    assert not torch.allclose(sampler(mixture), full)
-    with pytest.raises(RuntimeError, match="row keys"):  # keys are used once, then must be set again
+    torch.testing.assert_close(sampler(mixture[rows], row_keys(77, 1, index[rows])), full[rows], rtol=0, atol=0)
+    assert not torch.allclose(sampler(mixture, row_keys(78, 1, index)), full)  # another epoch: other noise
+    with pytest.raises(ValueError, match="row keys"):  # every forward needs one key per row
         sampler(mixture)
-    assert len(set(row_keys(5, 0, np.arange(4096)) + row_keys(5, 1, np.arange(4096)))) == 8192
+    with pytest.raises(ValueError, match="row keys"):
+        sampler(mixture, row_keys(77, 1, index[:3]))
+    keys = torch.cat([row_keys(5, 0, np.arange(4096)), row_keys(5, 1, np.arange(4096))])
+    assert keys.dtype == torch.int64 and (keys >= 0).all() and keys.unique().numel() == 8192
+    # The "batch" strategy takes its key from torch's generator and refuses row keys.
+    with pytest.raises(ValueError, match="row keys"):
+        Sampler(3, noise="batch")(mixture, row_keys(77, 1, index))
+    torch.manual_seed(5)
+    batch_noise = Sampler(3, noise="batch")(mixture)
+    torch.manual_seed(5)
+    torch.testing.assert_close(Sampler(3, noise="batch")(mixture), batch_noise, rtol=0, atol=0)
 
 
 @dataclass(frozen=True)
@@ -91,16 +101,15 @@ def test_shard_losses_average_to_the_global_batch_gradient():
     present = torch.rand(rows, 3, generator=gen) < 0.5
     present[torch.arange(rows), torch.randint(0, 3, (rows,), generator=gen)] = True
     student = {**teacher, "present": present}
-    objective = CASDObjective(ObjectiveConfig(num_samples=3, lambda_cd=10.0), tau)
-    objective.sampler = RowKeyedSampler(3)
+    objective = CASDObjective(ObjectiveConfig(num_samples=3, lambda_cd=10.0, tau=tau, noise="sample"))
+    assert type(objective.distill) is ConsistencyDistillationLoss  # one process: the plain layer
+    assert type(distillation_loss(tau, context=RecordedRanks(0, 2))) is GlobalBatchDistillation
     params = [p for p in model.parameters()]
 
     def gradient(rows_: slice, distill, scale: float) -> list[torch.Tensor]:
         objective.distill = distill
-        index = teacher["index"][rows_]
-        objective.sampler.row_keys = row_keys(3, 0, index) + row_keys(3, 1, index)
         part = lambda batch: {k: v[rows_] for k, v in batch.items()}  # noqa: E731
-        loss = objective(model, part(teacher), part(student)).total * scale
+        loss = objective(model, part(teacher), part(student), noise_seed=3).total * scale
         return torch.autograd.grad(loss, params, allow_unused=True)
 
     full = gradient(slice(0, rows), ConsistencyDistillationLoss(tau), 1.0)
@@ -146,7 +155,7 @@ def test_two_process_run_matches_single_process_run(tmp_path):
     assert train_main([*E2E_ARGS, "--out", str(tmp_path / "single")]) == 0
 
     ddp, single = (json.loads((tmp_path / run / "results.json").read_text()) for run in ("ddp", "single"))
-    assert ddp["config"]["world_size"] == 2 and single["config"]["world_size"] == 1
+    assert ddp["config"]["record"]["world_size"] == 2 and single["config"]["record"]["world_size"] == 1
     assert len(ddp["history"]) == len(single["history"]) == 3
     for a, b in zip(ddp["history"], single["history"]):
         for key in ("train_total", "train_task_teacher", "train_task_student", "train_distillation", "valid_score"):

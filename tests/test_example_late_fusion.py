@@ -10,7 +10,7 @@ from casd.data import (SyntheticConfig, TrainingMissingness, batch_to, batches_f
                        split_from_mmsa)
 from casd.layers import ConsistencyDistillationLoss, StudentTSampler
 from casd.modalities import MODALITIES
-from casd.objective import concat_views
+from casd.objective import CASDObjective, MixtureModel, ObjectiveConfig, concat_views
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "late_fusion_lstm.py"
 
@@ -85,7 +85,8 @@ def test_triton_training_step_gives_finite_gradients(example, device):
     torch.manual_seed(1)
     split, teacher, student = tiny_views(device, seed=1)
     model = tiny_model(example, split, device)
-    losses = example.SelfDistillation(num_samples=2, backend="triton")(model, teacher, student)
+    assert isinstance(model, MixtureModel)  # what CASDObjective trains
+    losses = CASDObjective(ObjectiveConfig(num_samples=2, lambda_cd=0.1, backend="triton"))(model, teacher, student)
     assert all(math.isfinite(v) for v in losses.as_floats().values()), losses.as_floats()
     losses.total.backward()
     for name, p in model.named_parameters():

@@ -342,3 +342,42 @@ def test_sweep_summary_random_curve_and_constant():
 def test_sweep_summary_rejects_bad_grids(rates, values, match):
     with pytest.raises(ValueError, match=match):
         sweep_summary(rates, values)
+
+
+# ---------------------------------------------------------------------------- Spearman (no scipy at run time)
+
+
+def test_average_ranks_share_ties():
+    from casd.metrics import average_ranks
+
+    np.testing.assert_array_equal(average_ranks([3.0, 1.0, 3.0, 2.0, 3.0]), [4.0, 1.0, 4.0, 2.0, 4.0])
+    np.testing.assert_array_equal(average_ranks(np.array([5], dtype=np.float32)), [1.0])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_spearman_matches_scipy_with_and_without_ties(seed):
+    from casd.metrics import spearman
+
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 60))
+    x = rng.normal(size=n).astype(np.float32)
+    y = (0.5 * x + rng.normal(size=n)).astype(np.float32)
+    if seed % 2:  # heavy ties, as a rounded uncertainty or noise level has
+        x, y = np.round(x), np.round(y * 2) / 2
+    expected = stats.spearmanr(x, y).correlation
+    got = spearman(torch.as_tensor(x), y)
+    if np.isnan(expected):
+        assert np.isnan(got)
+    else:
+        assert got == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_spearman_of_a_constant_is_nan_without_warnings():
+    from casd.metrics import spearman
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(spearman([1.0, 1.0, 1.0], [0.1, 0.5, 0.2]))
+    with pytest.raises(ValueError, match="same length"):
+        spearman([1.0, 2.0], [1.0, 2.0, 3.0])

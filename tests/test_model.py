@@ -83,7 +83,7 @@ def test_model_prediction_is_weighted_sum_of_component_predictions():
     per_component = model.predictor(mixture.mu).squeeze(-1)
     torch.testing.assert_close(prediction.output, (mixture.weights * per_component).sum(1))
     assert torch.all(prediction.weights[~component_availability(batch["present"])] == 0)
-    assert prediction.confidence.shape == (5,) and torch.isfinite(prediction.confidence).all()
+    assert prediction.uncertainty.shape == (5,) and torch.isfinite(prediction.uncertainty).all()
 
 
 def test_missing_modality_does_not_influence_prediction():
@@ -166,7 +166,7 @@ def test_distillation_matches_reference_formula():
 
 def test_classification_objective_runs_and_predicts_logits():
     model = CASDModel(ModelConfig(DIMS, output_dim=4, hidden=16, embed_dim=6, heads=2))
-    objective = CASDObjective(ObjectiveConfig(task="classification"))
+    objective = CASDObjective(ObjectiveConfig(), task="classification")
     teacher = random_batch(6, classes=4)
     losses = objective(model, teacher, dict(teacher, present=random_presence(6)))
     assert losses.task_teacher > 0
@@ -184,8 +184,13 @@ def test_model_config_rejects_bad_values(kwargs):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(task="ranking"), dict(backend="cuda"), dict(lambda_cd=-1.0)]
+    "kwargs", [dict(backend="cuda"), dict(lambda_cd=-1.0), dict(tau=0.0), dict(noise="row"), dict(num_samples=0)]
 )
 def test_objective_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         ObjectiveConfig(**kwargs)
+
+
+def test_objective_rejects_an_unknown_task():
+    with pytest.raises(ValueError, match="ranking"):
+        CASDObjective(ObjectiveConfig(), task="ranking")

@@ -1,16 +1,23 @@
 """The robustness study (`python -m casd.study`) and its late-fusion baseline."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from casd.baseline import LateFusionConfig, LateFusionModel, LateFusionObjective, build_model, model_kind
+from casd.baseline import LateFusionConfig, LateFusionModel, LateFusionObjective
+from casd.errors import ConfigError
+from casd.flags import config_from_argv
 from casd.metrics import sweep_summary
 from casd.modalities import COMBINATION_NAMES
 from casd.objective import ObjectiveConfig
-from casd.study import aggregate, main as study, paired_differences, run_args, run_one
-from casd.train import build_parser as train_parser
+from casd.registry import MODEL_KINDS, build_model, model_kind
+from casd.serialize import to_dict
+from casd.study import main as study
+from casd.study.cli import STUDY_DEFAULTS
+from casd.study.reporting import aggregate, paired_differences
+from casd.study.running import VARIANTS, run_config, run_one
 
 DIMS = (12, 5, 7)
 
@@ -47,10 +54,10 @@ def test_late_fusion_mixes_only_present_modalities_with_learned_weights():
     changed = dict(batch, vision=batch["vision"] + 5 * torch.randn_like(batch["vision"]))
     rows = ~present[:, 2]
     torch.testing.assert_close(model.predict(changed).output[rows], prediction.output[rows])
-    # Its one "component" is the combination of all present modalities; no confidence.
+    # Its one "component" is the combination of all present modalities; no uncertainty.
     used = [COMBINATION_NAMES.index("".join(m for m, p in zip("tav", row) if p)) for row in present.tolist()]
     assert prediction.weights.argmax(1).tolist() == used and torch.all(prediction.weights.sum(1) == 1)
-    assert torch.isnan(prediction.confidence).all()
+    assert torch.isnan(prediction.uncertainty).all()
 
 
 def test_late_fusion_objective_is_the_l1_task_loss_of_both_views():
@@ -117,8 +124,8 @@ def test_study_runs_variants_and_seeds_reports_and_reuses_runs(tmp_path, capsys)
     assert list(report["variants"]) == ["casd", "late_fusion"] and report["seeds"] == [3, 4]
     for variant in ("casd", "late_fusion"):
         runs = [json.loads((out / variant / f"seed_{s}" / "results.json").read_text()) for s in (3, 4)]
-        assert [r["config"]["args"]["seed"] for r in runs] == [3, 4]
-        assert runs[0]["config"]["model_kind"] == variant
+        assert [r["config"]["train"]["seed"] for r in runs] == [3, 4]
+        assert runs[0]["config"]["model"]["kind"] == variant
         agg = report["variants"][variant]["aggregate"]
         for name, per_rate in agg["frame"]["metrics"].items():
             values = np.array([r["test"]["frame"]["metrics"][name] for r in runs])
@@ -129,7 +136,7 @@ def test_study_runs_variants_and_seeds_reports_and_reuses_runs(tmp_path, capsys)
     for row in [f"| r = {r / 10:.1f} |" for r in range(10)] + ["| mean |", "| AUC |", "| {t,a,v} |", "| {a} |"]:
         assert row in markdown
     assert markdown.count("### Frame-level") == len(report["metrics"]) and "Paired differences" in markdown
-    assert (out / "study.png").stat().st_size > 10_000
+    assert (out / "study.png").stat().st_size > 10_000 and (out / "study.pdf").stat().st_size > 10_000
 
     # Diagnostics of the confidence weights (CASD runs only), on the validation split.
     diagnostics = json.loads((out / "diagnostics.json").read_text())
@@ -151,14 +158,90 @@ def test_study_runs_variants_and_seeds_reports_and_reuses_runs(tmp_path, capsys)
     assert study(["--seed", "5", "--out", str(out)]) == 2
 
 
-def test_finished_runs_are_reused_with_default_flags_and_refused_with_others(tmp_path):
-    """results.json stores args as JSON (tuple defaults become lists): reuse must still match."""
+def test_variants_are_config_changes_and_every_model_kind_is_one():
+    base = config_from_argv(["--noise", "sample", "--lambda-cd", "0.03", "--hidden", "32"])
+    no_distill = run_config(base, "no_distill", 7, Path("/tmp/x"))
+    assert no_distill.objective.lambda_cd == 0.0  # the variant's change wins over the shared flag
+    assert no_distill.model.hidden == 32 and no_distill.objective.noise == "sample"
+    assert no_distill.train.seed == 7 and not no_distill.train.progress
+    assert run_config(base, "casd", 7, Path("/tmp/x")).objective.lambda_cd == 0.03
+    assert {k for k in MODEL_KINDS if k != "casd"} <= set(VARIANTS)
+    assert run_config(base, "late_fusion", 1, Path("/tmp/x")).model.kind == "late_fusion"
+
+
+def test_finished_runs_are_reused_with_the_same_config_and_refused_with_another(tmp_path):
+    """results.json stores the RunConfig as JSON (tuples become lists): reuse compares dataclasses."""
     out = tmp_path / "casd" / "seed_7"
     out.mkdir(parents=True)
-    args = vars(train_parser().parse_args(run_args("casd", 7, out, [])))
-    saved = {"config": {"args": json.loads(json.dumps({k: str(v) if hasattr(v, "parts") else v
-                                                       for k, v in args.items()}))}, "test": {"marker": 1}}
+    base = config_from_argv(STUDY_DEFAULTS)
+    config = run_config(base, "casd", 7, out)
+    saved = {"config": {**to_dict(config), "record": {"argv": []}}, "test": {"marker": 1}}
     (out / "results.json").write_text(json.dumps(saved))
-    assert run_one("casd", 7, out, [], report_only=True)["test"] == {"marker": 1}
-    with pytest.raises(ValueError, match="lambda_cd"):
-        run_one("casd", 7, out, ["--lambda-cd", "0.5"], report_only=True)
+    assert run_one(config, report_only=True)["test"] == {"marker": 1}
+    # Where and how it ran does not matter.
+    elsewhere = run_config(config_from_argv([*STUDY_DEFAULTS, "--threads", "1", "--no-progress"]), "casd", 7, out)
+    assert run_one(elsewhere, report_only=True)["test"] == {"marker": 1}
+    with pytest.raises(ConfigError, match="objective.lambda_cd"):
+        run_one(run_config(config_from_argv([*STUDY_DEFAULTS, "--lambda-cd", "0.5"]), "casd", 7, out),
+                report_only=True)
+
+
+def test_runs_written_before_run_config_are_reused_by_their_recorded_flags(tmp_path):
+    """A results.json of the branch-point casd held the parsed casd.train flags (config.args)."""
+    out = tmp_path / "casd" / "seed_7"
+    out.mkdir(parents=True)
+    args = {"data": None, "dataset": "mosi", "task": "regression", "synthetic_seed": 0,
+            "synthetic_samples": [64, 32, 48], "model": "casd", "hidden": 16, "embed_dim": 8, "layers": 1,
+            "heads": 2, "dropout": 0.1, "tau": 1.0, "weighting": "confidence", "distribution": "student_t",
+            "lambda_cd": 0.01, "samples": 4, "fused": False, "noise": "sample", "epochs": 1, "batch_size": 64,
+            "lr": 0.001, "weight_decay": 0.01, "patience": 6, "seed": 7, "amp": "auto",
+            "missing_protocol": "mixed", "missing_rate": 0.7, "eval_seed": 1111, "device": "auto",
+            "threads": 1, "out": str(out), "resume": False, "no_progress": True}
+    (out / "results.json").write_text(json.dumps({"config": {"args": args}, "test": {"marker": 2}}))
+    tiny = ["--synthetic-samples", "64", "32", "48", "--epochs", "1", "--hidden", "16", "--heads", "2",
+            "--embed-dim", "8"]
+    config = run_config(config_from_argv([*STUDY_DEFAULTS, *tiny]), "casd", 7, out)
+    assert run_one(config, report_only=True)["test"] == {"marker": 2}
+    with pytest.raises(ConfigError, match="model.hidden"):
+        run_one(run_config(config_from_argv([*STUDY_DEFAULTS, *tiny, "--hidden", "8"]), "casd", 7, out),
+                report_only=True)
+
+
+# --- the plot ------------------------------------------------------------------------------------
+def test_study_plot_reads_as_a_paper_figure(monkeypatch, tmp_path):
+    """Dots with error bars (no bars), axis labels that say which way is better, readable names,
+    paired differences against CASD; PNG and PDF. Drawn from the committed study, which predates
+    variant labels (they come from casd.study.running.VARIANTS then)."""
+    from matplotlib.container import BarContainer
+
+    from casd.study import reporting
+
+    study_ = json.loads((Path(__file__).parents[1] / "results" / "study" / "study.json").read_text())
+    figures = []
+    real_save = reporting.save_figure
+    monkeypatch.setattr(reporting, "save_figure", lambda fig, path: figures.append(fig) or real_save(fig, path))
+    written = reporting.plot_study(study_, tmp_path / "study.png", tuple(study_["plot_metrics"]))
+    assert [p.name for p in written] == ["study.png", "study.pdf"] and all(p.stat().st_size > 10_000 for p in written)
+    axes = [ax for ax in figures[0].get_axes() if ax.get_visible()]
+    assert len(axes) == len(study_["plot_metrics"]) + 2
+    assert not any(isinstance(c, BarContainer) for ax in axes for c in ax.containers)
+    for ax in axes[:-1]:
+        assert ax.get_ylabel().endswith(("(lower is better)", "(higher is better)")), ax.get_ylabel()
+    assert "advantage in MAE" in axes[-1].get_xlabel() and "> 0: CASD better" in axes[-1].get_xlabel()
+    names = [t.get_text() for sub in figures[0].subfigs for legend in sub.legends for t in legend.get_texts()]
+    assert names == ["CASD", "CASD w/o distillation", "CASD, uniform weights", "CASD, Gaussian", "late fusion"]
+    assert "synthetic data (seed 0)" in figures[0].get_suptitle() and "synthetic(" not in figures[0].get_suptitle()
+
+
+def test_paired_advantages_point_towards_the_better_model():
+    from casd.study.reporting import advantages
+
+    def variant(mae, corr):
+        summary = lambda values: {"frame": {"summary": {"MAE": {"auc": {"values": values[0]}},  # noqa: E731
+                                                        "Corr": {"auc": {"values": values[1]}}}},
+                                  "modality": {"mean": {"MAE": {"values": values[0]}, "Corr": {"values": values[1]}}}}
+        return {"aggregate": summary((mae, corr))}
+
+    study_ = {"variants": {"casd": variant([0.5, 0.6], [0.8, 0.7]), "worse": variant([0.7, 0.7], [0.6, 0.6])}}
+    np.testing.assert_allclose(advantages(study_, "casd", "MAE")["worse"]["frame AUC"], [0.2, 0.1])
+    np.testing.assert_allclose(advantages(study_, "casd", "Corr")["worse"]["modality mean"], [0.2, 0.1])

@@ -47,7 +47,7 @@ def test_outputs_are_complete_and_consistent(tmp_path):
             "--embed-dim", "8", "--no-progress", "--out", str(out)]
     assert main(args) == 0
     for name in ("config.json", "train.log", "best.pt", "last.pt", "results.json", "results.txt",
-                 "predictions.npz", "robustness.png"):
+                 "predictions.npz", "robustness.png", "robustness.pdf"):
         assert (out / name).stat().st_size > 0, name
     report = json.loads((out / "results.json").read_text())
     assert report["test"]["frame"]["rates"] == pytest.approx([r / 10 for r in range(10)])

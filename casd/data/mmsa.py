@@ -6,6 +6,11 @@ One split of an MMSA file is a dict of arrays keyed `text`, `text_bert`, `audio`
 `data_loader.py`: features as float32, audio `-inf` set to 0, text lengths from the BERT mask
 row, and, for aligned files without length keys, audio/vision lengths taken from the text mask
 as MMSA does under `need_data_aligned`.
+
+Files are read with the safe loader (`casd.data.safe_pickle`) and checked before anything is
+built from them: every problem is an `InvalidDataError` (a `casd.errors.DataError`) whose one
+line names the file, split and key. `casd.data.validate` adds the checks across splits and
+against the data set kind.
 """
 from __future__ import annotations
 
@@ -14,10 +19,10 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from casd.data.errors import InvalidDataError
 from casd.data.safe_pickle import restricted_load
-
-SPLITS: tuple[str, ...] = ("train", "valid", "test")
-TASKS: tuple[str, ...] = ("regression", "classification")
+from casd.data.validate import require_frames, validate_splits
+from casd.vocab import SPLITS, TASKS
 
 
 @dataclass
@@ -85,31 +90,89 @@ class Split:
         return Split(**values)
 
 
+def _fail(where: str, what: str) -> InvalidDataError:
+    return InvalidDataError(f"{where}: {what}")
+
+
+def _present(raw: dict) -> str:
+    keys = sorted(str(k) for k in raw)
+    return ", ".join(keys[:20]) + (f", ... ({len(keys)} keys)" if len(keys) > 20 else "")
+
+
 def _get(raw: dict, key: str, where: str) -> np.ndarray:
+    """raw[key] as a numeric (bool/int/float) array."""
     if key not in raw:
-        raise KeyError(f"{where}: missing key {key!r} (present: {sorted(raw)})")
-    return np.asarray(raw[key])
+        raise _fail(where, f"missing key {key!r} (present: {_present(raw)})")
+    try:
+        array = np.asarray(raw[key])
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise _fail(where, f"{key!r} is not an array ({exc})") from None
+    if array.dtype.kind not in "biuf":
+        raise _fail(where, f"{key!r} must hold numbers, got dtype {array.dtype}")
+    return array
 
 
 def _features(raw: dict, key: str, where: str) -> np.ndarray:
     array = _get(raw, key, where)
     if array.ndim != 3:
-        raise ValueError(f"{where}: {key!r} must have rank 3 [N, L, F], got shape {list(array.shape)}")
-    return array.astype(np.float32)
+        raise _fail(where, f"{key!r} must have rank 3 [N, L, F], got shape {list(array.shape)}")
+    require_frames(array.shape, key, where)
+    with np.errstate(all="ignore"):  # values beyond float32 (inf) or NaN: reported by the caller
+        return array.astype(np.float32)
 
 
 def _per_sample(raw: dict, key: str, where: str) -> np.ndarray:
     """[N] or [N, 1] (MMSA stores labels both ways) -> [N]."""
-    array = _get(raw, key, where)
+    array = _get(raw, key, where) if key not in ("id", "raw_text") else _strings(raw, key, where)
     if array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]
     if array.ndim != 1:
-        raise ValueError(f"{where}: {key!r} must be [N] or [N, 1], got shape {list(array.shape)}")
+        raise _fail(where, f"{key!r} must be [N] or [N, 1], got shape {list(array.shape)}")
     return array
 
 
+def _strings(raw: dict, key: str, where: str) -> np.ndarray:
+    if key not in raw:
+        raise _fail(where, f"missing key {key!r} (present: {_present(raw)})")
+    try:
+        return np.asarray(raw[key]).astype(str)
+    except (ValueError, TypeError) as exc:
+        raise _fail(where, f"{key!r} is not an array of strings ({exc})") from None
+
+
+def _offenders(values: np.ndarray, bad: np.ndarray) -> str:
+    """'3 do not (sample 5: nan)': how many values fail a check, and the first one."""
+    first = int(np.flatnonzero(bad)[0])
+    return f"{int(bad.sum())} do not (sample {first}: {float(values[first]):g})"
+
+
 def _lengths(raw: dict, key: str, max_len: int, where: str) -> np.ndarray:
-    return np.clip(_per_sample(raw, key, where).astype(np.int64), 0, max_len)
+    """Valid lengths: integers in [0, max_len] (MMSA writes them as lists or arrays)."""
+    lengths = _per_sample(raw, key, where)
+    with np.errstate(all="ignore"):  # non-finite lengths are among the ones reported
+        bad = ~np.isfinite(lengths) | (lengths < 0) | (lengths > max_len) | (np.mod(lengths, 1) != 0)
+    if bad.any():
+        raise _fail(where, f"{key!r} must hold whole numbers in [0, {max_len}] (the padded length); "
+                    f"{_offenders(lengths, bad)}")
+    return lengths.astype(np.int64)
+
+
+def _labels(raw: dict, key: str, task: str, where: str) -> np.ndarray:
+    """Finite labels; class ids are whole numbers (float32 scores, int64 classes)."""
+    labels = _per_sample(raw, key, where)
+    bad = ~np.isfinite(labels)
+    if bad.any():
+        raise _fail(where, f"{key!r} must hold finite labels; {_offenders(labels, bad)}")
+    if task == "regression":
+        with np.errstate(all="ignore"):
+            labels = labels.astype(np.float32)
+        if not np.isfinite(labels).all():
+            raise _fail(where, f"{key!r} holds labels beyond float32's range")
+        return labels
+    bad = (np.mod(labels, 1) != 0) | (np.abs(labels) >= 2**53)
+    if bad.any():
+        raise _fail(where, f"{key!r} must hold integral class ids; {_offenders(labels, bad)}")
+    return labels.astype(np.int64)
 
 
 def _text_lengths_from_features(text: np.ndarray) -> np.ndarray:
@@ -121,40 +184,48 @@ def _text_lengths_from_features(text: np.ndarray) -> np.ndarray:
 
 def split_from_mmsa(raw: dict, task: str = "regression", where: str = "split",
                     nan_to_zero: bool = False) -> Split:
-    """Normalise one MMSA split dict into a `Split`.
+    """Normalise and check one MMSA split dict into a `Split`.
 
     `where` names the split in error messages (e.g. "mosi/unaligned_50.pkl split 'train'").
-    Non-finite features left after MMSA's audio `-inf` -> 0 are an error unless `nan_to_zero`.
+    Every problem with the data raises `InvalidDataError` (a `casd.errors.DataError`) with one
+    line naming `where` and the key: a missing key, a wrong rank or dtype, no samples, a
+    padded length or feature width of 0, lengths outside [0, L], non-finite labels, class ids
+    that are not whole numbers, keys that disagree on N. Non-finite features left after
+    MMSA's audio `-inf` -> 0 are an error unless `nan_to_zero`.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
     if not isinstance(raw, dict):
-        raise TypeError(f"{where}: expected a dict of arrays, got {type(raw).__name__}")
+        raise _fail(where, f"expected a dict of arrays, got {type(raw).__name__}")
     text = _features(raw, "text", where)
     audio = _features(raw, "audio", where)
     vision = _features(raw, "vision", where)
+    if text.shape[0] == 0:
+        raise _fail(where, "the split has no samples ('text' has N = 0)")
     audio[audio == -np.inf] = 0  # as MMSA's loader
     for key, array in (("text", text), ("audio", audio), ("vision", vision)):
         bad = ~np.isfinite(array)
         if bad.any():
             if not nan_to_zero:
-                raise ValueError(f"{where}: {key!r} holds {int(bad.sum())} non-finite values "
-                                 f"(pass nan_to_zero=True to replace them by 0)")
+                raise _fail(where, f"{key!r} holds {int(bad.sum())} non-finite values "
+                            f"(pass nan_to_zero=True to replace them by 0)")
             array[bad] = 0
 
     text_bert = None
     if "text_bert" in raw:
         text_bert = _get(raw, "text_bert", where)
         if text_bert.ndim != 3 or text_bert.shape[1] != 3:
-            raise ValueError(f"{where}: 'text_bert' must be [N, 3, L], got {list(text_bert.shape)}")
+            raise _fail(where, f"'text_bert' must be [N, 3, L], got {list(text_bert.shape)}")
         if text_bert.shape[2] != text.shape[1]:
-            raise ValueError(f"{where}: 'text_bert' length {text_bert.shape[2]} differs from "
-                             f"'text' length {text.shape[1]}")
-        text_bert = text_bert.astype(np.float32)  # MMSA casts the BERT triple to float32 too
-        text_lengths = text_bert[:, 1, :].sum(axis=1).astype(np.int64)
+            raise _fail(where, f"'text_bert' length {text_bert.shape[2]} differs from 'text' length {text.shape[1]}")
+        mask = text_bert[:, 1, :]
+        if not np.isin(mask, (0, 1)).all():
+            raise _fail(where, "the 'text_bert' attention mask (row 1) must hold only 0 and 1")
+        with np.errstate(all="ignore"):  # token ids are not used by the model; the mask was checked
+            text_bert = text_bert.astype(np.float32)  # MMSA casts the BERT triple to float32 too
+        text_lengths = mask.sum(axis=1).astype(np.int64)
     else:
         text_lengths = _text_lengths_from_features(text)
-    text_lengths = np.clip(text_lengths, 0, text.shape[1])
 
     lengths = {}
     for key, array in (("audio", audio), ("vision", vision)):
@@ -163,23 +234,16 @@ def split_from_mmsa(raw: dict, task: str = "regression", where: str = "split",
         elif array.shape[1] == text.shape[1]:  # aligned: MMSA sums the text mask
             lengths[key] = text_lengths.copy()
         else:
-            raise KeyError(f"{where}: missing key '{key}_lengths' and {key} length "
-                           f"{array.shape[1]} differs from text length {text.shape[1]}, so "
-                           f"the file is not aligned and lengths cannot be derived")
+            raise _fail(where, f"missing key '{key}_lengths' and {key} length {array.shape[1]} differs "
+                        f"from text length {text.shape[1]}, so the file is not aligned and lengths cannot be derived")
 
     label_key = f"{task}_labels"
-    labels = _per_sample(raw, label_key, where)
-    if task == "regression":
-        labels = labels.astype(np.float32)
-    else:
-        if not np.all(np.equal(np.mod(labels, 1), 0)):
-            raise ValueError(f"{where}: {label_key!r} must hold integral class ids")
-        labels = labels.astype(np.int64)
-    extra = {key: _per_sample(raw, key, where).astype(labels.dtype)
-             for key in sorted(raw) if key.startswith(label_key + "_")}
+    labels = _labels(raw, label_key, task, where)
+    extra = {key: _labels(raw, key, task, where) for key in sorted(raw, key=str)
+             if isinstance(key, str) and key.startswith(label_key + "_")}
 
-    ids = _per_sample(raw, "id", where).astype(str)
-    raw_text = _per_sample(raw, "raw_text", where).astype(str) if "raw_text" in raw else None
+    ids = _per_sample(raw, "id", where)
+    raw_text = _per_sample(raw, "raw_text", where) if "raw_text" in raw else None
 
     n = text.shape[0]
     sizes = {"text": n, "audio": audio.shape[0], "vision": vision.shape[0], label_key: len(labels),
@@ -191,22 +255,31 @@ def split_from_mmsa(raw: dict, task: str = "regression", where: str = "split",
         sizes["raw_text"] = len(raw_text)
     sizes.update({key: len(value) for key, value in extra.items()})
     if len(set(sizes.values())) != 1:
-        raise ValueError(f"{where}: keys disagree on the number of samples: {sizes}")
+        raise _fail(where, f"keys disagree on the number of samples: {sizes}")
 
     return Split(text=text, text_lengths=text_lengths, audio=audio, audio_lengths=lengths["audio"],
                  vision=vision, vision_lengths=lengths["vision"], labels=labels, ids=ids,
                  text_bert=text_bert, extra_labels=extra, raw_text=raw_text)
 
 
-def load_mmsa(path: str | os.PathLike, task: str = "regression",
-              nan_to_zero: bool = False) -> dict[str, Split]:
-    """Read an MMSA pickle with the restricted unpickler -> {"train", "valid", "test"} Splits."""
-    data = restricted_load(path)
+def load_mmsa(path: str | os.PathLike, task: str = "regression", nan_to_zero: bool = False,
+              dataset: str | None = None, max_bytes: int | None = None) -> dict[str, Split]:
+    """Read an MMSA pickle with the safe loader -> {"train", "valid", "test"} checked Splits.
+
+    Every split is checked by `split_from_mmsa` and all of them together by
+    `casd.data.validate.validate_splits` (feature widths, class ids; label ranges of
+    `dataset` when given), so any problem is an `InvalidDataError` naming the file, split and
+    key before a model is built. `max_bytes` caps the decoded size (see `restricted_load`).
+    """
+    source = os.fspath(path)
+    data = restricted_load(path, max_bytes=max_bytes)
     if not isinstance(data, dict):
-        raise TypeError(f"{os.fspath(path)}: expected a dict of splits, got {type(data).__name__}")
+        raise _fail(source, f"expected a dict of splits {list(SPLITS)}, got {type(data).__name__}")
     missing = [name for name in SPLITS if name not in data]
     if missing:
-        raise KeyError(f"{os.fspath(path)}: missing split(s) {missing} (present: {sorted(data)})")
-    return {name: split_from_mmsa(data[name], task, where=f"{os.fspath(path)} split {name!r}",
-                                  nan_to_zero=nan_to_zero)
-            for name in SPLITS}
+        raise _fail(source, f"missing split(s) {missing} (present: {_present(data)})")
+    splits = {name: split_from_mmsa(data[name], task, where=f"{source} split {name!r}",
+                                    nan_to_zero=nan_to_zero)
+              for name in SPLITS}
+    validate_splits(splits, dataset, task, source)
+    return splits

@@ -24,12 +24,17 @@ import argparse
 import dataclasses
 import os
 import pickle
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from casd.cli import CommandParser, run_command
 from casd.data.mmsa import SPLITS
+from casd.errors import ConfigError
+from casd.outputs import atomic_write, check_writable_file
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID = 0, 100, 101, 102
 VOCAB_SIZE = 30522  # bert-base-uncased, so the ids look like the real ones
@@ -62,6 +67,12 @@ class SyntheticConfig:
     neg_inf_fraction: float = 0.02  # samples with one -inf audio entry, as in real files
 
     def __post_init__(self) -> None:
+        if self.seed < 0:  # numpy's SeedSequence takes non-negative seeds only
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        for f in dataclasses.fields(self):  # NaN would pass every range check below
+            value = getattr(self, f.name)
+            if not all(np.isfinite(v) for v in (value if isinstance(value, tuple) else (value,))):
+                raise ValueError(f"{f.name} must be finite, got {value}")
         for name in ("num_train", "num_valid", "num_test", "audio_len", "vision_len",
                      "audio_dim", "vision_dim", "annotators"):
             if getattr(self, name) < 1:
@@ -212,8 +223,8 @@ def write_synthetic(config: SyntheticConfig, path: str | os.PathLike) -> dict[st
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Write the synthetic MMSA-format data set.")
-    parser.add_argument("--out", required=True, help="output .pkl path")
+    parser = CommandParser(prog="python -m casd.data.synthetic", description="Write the synthetic MMSA-format data set.")
+    parser.add_argument("--out", type=Path, required=True, help="output .pkl path")
     for f in dataclasses.fields(SyntheticConfig):
         flag = "--" + f.name.replace("_", "-")
         if isinstance(f.default, tuple):
@@ -223,15 +234,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def _write(argv: list[str] | None) -> None:
     args = vars(_parser().parse_args(argv))
     out = args.pop("out")
-    config = SyntheticConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
+    check_writable_file(out)
+    try:
+        config = SyntheticConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
+    except ValueError as exc:  # the message starts with the field, whose flag is --field-name
+        flag = "--" + str(exc).split(" ", 1)[0].replace("_", "-")
+        raise ConfigError(f"{flag}: {exc}") from exc
     start = time.perf_counter()
-    data = write_synthetic(config, out)
+    data = generate_synthetic(config)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda handle: pickle.dump(data, handle, protocol=4))
     sizes = {name: len(split["regression_labels"]) for name, split in data.items()}
     print(f"wrote {out}: {sizes} in {time.perf_counter() - start:.2f} s ({config})")
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m casd.data.synthetic``: 0, or 2 with one line naming what to fix (casd.cli)."""
+    return run_command("casd.data.synthetic", lambda: _write(argv))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 
 import triton
@@ -130,6 +131,7 @@ def compile_spec(spec: KernelSpec, arch: int = 90) -> dict:
         if kind.startswith("*") or spec.sizes.get(arg, 1) % 16 == 0
     }
     signature = {**spec.signature, **{name: "constexpr" for name in spec.constexprs}}
+    start = time.perf_counter()
     kernel = triton.compile(
         ASTSource(spec.fn, signature, spec.constexprs, attrs),
         target=GPUTarget("cuda", arch, 32),
@@ -145,4 +147,5 @@ def compile_spec(spec: KernelSpec, arch: int = 90) -> dict:
         os.unlink(path)
     fields = dict(item.split(":") for item in usage.split() if item.startswith(("REG:", "STACK:")))
     return {"name": spec.name, "regs": int(fields["REG"]), "stack": int(fields["STACK"]),
-            "warps": spec.options.num_warps, "maxnreg": spec.options.maxnreg, "triton": triton.__version__}
+            "warps": spec.options.num_warps, "maxnreg": spec.options.maxnreg, "triton": triton.__version__,
+            "seconds": round(time.perf_counter() - start, 2)}

@@ -1,0 +1,302 @@
+"""The study's report: statistics over seeds, markdown tables and the plot.
+
+Input is each run's results.json ``test`` summary (casd.evaluate.summarise); ``build_study``
+gathers them into study.json's dict, and ``write_markdown`` / ``plot_study`` render it.
+"""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from casd.metrics import higher_is_better  # noqa: E402
+from casd.modalities import COMBINATION_NAMES  # noqa: E402
+from casd.report import (axis_label, combination_label, describe_source, headline_metrics,  # noqa: E402
+                         metric_name, save_figure)
+from casd.study.running import VARIANTS  # noqa: E402
+
+__all__ = ["aggregate", "paired_differences", "advantages", "build_study", "protocol_tables", "summary_table",
+           "write_markdown", "plot_study"]
+
+
+# --- aggregation -------------------------------------------------------------------------------
+def _stats(values: list[float]) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+            "values": [float(x) for x in v]}
+
+
+def aggregate(summaries: list[dict]) -> dict:
+    """Mean and sample std over seeds of every metric of casd.evaluate.summarise's output."""
+    frame = [s["frame"] for s in summaries]
+    modality = [s["modality"] for s in summaries]
+    names = list(frame[0]["metrics"])
+    return {
+        "frame": {
+            "rates": frame[0]["rates"],
+            "metrics": {n: [_stats([f["metrics"][n][i] for f in frame]) for i in range(len(frame[0]["rates"]))]
+                        for n in names},
+            "summary": {n: {k: _stats([f["summary"][n][k] for f in frame]) for k in ("mean", "auc")}
+                        for n in names},
+        },
+        "modality": {
+            "combinations": {c: {n: _stats([m["combinations"][c][n] for m in modality]) for n in names}
+                             for c in modality[0]["combinations"]},
+            "mean": {n: _stats([m["mean"][n] for m in modality]) for n in names},
+        },
+    }
+
+
+def paired_differences(study: dict, reference: str, metric: str) -> dict:
+    """Per-seed differences (reference minus variant) of the frame AUC and the modality mean."""
+    out = {}
+    ref = study["variants"][reference]["aggregate"]
+    for name, variant in study["variants"].items():
+        if name == reference:
+            continue
+        agg = variant["aggregate"]
+        out[name] = {
+            "frame_auc": _stats(np.subtract(ref["frame"]["summary"][metric]["auc"]["values"],
+                                            agg["frame"]["summary"][metric]["auc"]["values"]).tolist()),
+            "modality_mean": _stats(np.subtract(ref["modality"]["mean"][metric]["values"],
+                                                agg["modality"]["mean"][metric]["values"]).tolist()),
+        }
+    return out
+
+
+def build_study(runs: dict[str, dict[int, dict]], descriptions: dict[str, tuple[str, list[str]]],
+                seeds: list[int], command: str) -> dict:
+    """study.json's dict from every run's results.json (``runs[variant][seed]``).
+
+    ``descriptions[variant]`` is (what it is, its changes to the shared RunConfig as text).
+    """
+    variants = list(runs)
+    first = runs[variants[0]][seeds[0]]
+    # The data description: under "record" since RunConfig, directly under "config" before.
+    data = first["config"].get("record", first["config"])["data"]
+    names = headline_metrics(data["dataset"], data["task"])
+    study = {
+        "command": command,
+        "seeds": seeds,
+        "data": data,
+        "selection_metric": first["selection"]["metric"],
+        "metrics": list(names),
+        "primary_metric": first["selection"]["metric"],
+        "plot": "study.png",
+        "environment": f"torch {torch.__version__}, python {platform.python_version()}, "
+                       f"{first['environment']['device']}",
+        "variants": {
+            v: {"description": descriptions[v][0], "changes": descriptions[v][1],
+                "label": VARIANTS[v].label if v in VARIANTS else v,
+                "per_seed": {str(seed): r["test"] for seed, r in runs[v].items()},
+                "best_epochs": {str(seed): r["selection"]["best_epoch"] for seed, r in runs[v].items()},
+                "valid_scores": {str(seed): r["selection"]["valid_score"] for seed, r in runs[v].items()},
+                "aggregate": aggregate([r["test"] for r in runs[v].values()])}
+            for v in variants
+        },
+    }
+    if "casd" in study["variants"] and len(study["variants"]) > 1:
+        study["paired"] = {"reference": "casd",
+                           "differences": paired_differences(study, "casd", study["primary_metric"])}
+    study["plot_metrics"] = list(dict.fromkeys([study["primary_metric"], *names[:1],
+                                                "Corr" if "Corr" in names else names[-1]]))
+    return study
+
+
+# --- report --------------------------------------------------------------------------------------
+def _cell(stats: dict, bold: bool) -> str:
+    text = f"{stats['mean']:.4f} ± {stats['std']:.4f}"
+    return f"**{text}**" if bold else text
+
+
+def _table(rows: list[tuple[str, list[dict]]], variants: list[str], metric: str) -> list[str]:
+    lines = ["| condition | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
+    pick = max if higher_is_better(metric) else min
+    for label, cells in rows:
+        best = pick(c["mean"] for c in cells)
+        lines.append(f"| {label} | " + " | ".join(_cell(c, c["mean"] == best) for c in cells) + " |")
+    return lines
+
+
+def protocol_tables(study: dict, metric: str) -> tuple[list[str], list[str]]:
+    """Markdown tables of ``metric``: frame-level sweep (+ mean, AUC) and modality combinations (+ mean)."""
+    variants = list(study["variants"])
+    aggs = [study["variants"][v]["aggregate"] for v in variants]
+    rates = aggs[0]["frame"]["rates"]
+    frame_rows = [(f"r = {r:.1f}", [a["frame"]["metrics"][metric][i] for a in aggs]) for i, r in enumerate(rates)]
+    frame_rows += [("mean", [a["frame"]["summary"][metric]["mean"] for a in aggs]),
+                   ("AUC", [a["frame"]["summary"][metric]["auc"] for a in aggs])]
+    combos = [c for c in COMBINATION_NAMES if c in aggs[0]["modality"]["combinations"]]
+    modality_rows = [("{" + ",".join(c) + "}", [a["modality"]["combinations"][c][metric] for a in aggs])
+                     for c in combos]
+    modality_rows.append(("mean", [a["modality"]["mean"][metric] for a in aggs]))
+    return _table(frame_rows, variants, metric), _table(modality_rows, variants, metric)
+
+
+def summary_table(study: dict, metrics: tuple[str, ...]) -> list[str]:
+    """One row per variant: frame-level AUC and modality-combination mean of each metric."""
+    header = "| variant | " + " | ".join(f"{m} frame AUC | {m} modality mean" for m in metrics) + " |"
+    lines = [header, "|---|" + "---|" * (2 * len(metrics))]
+    for name, variant in study["variants"].items():
+        agg = variant["aggregate"]
+        cells = []
+        for m in metrics:
+            cells += [_cell(agg["frame"]["summary"][m]["auc"], False), _cell(agg["modality"]["mean"][m], False)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_markdown(study: dict, path: Path) -> None:
+    names, primary = study["metrics"], study["primary_metric"]
+    variants = list(study["variants"])
+    lines = [
+        "# Robustness study", "",
+        f"Command: `{study['command']}`", "",
+        f"Data: {study['data']['source']} ({study['data']['sizes']}); training missingness "
+        f"{study['data']['missing_protocol']} at rate {study['data']['missing_rate']}. "
+        f"Seeds {', '.join(map(str, study['seeds']))}; each cell is the mean ± sample standard deviation "
+        f"(ddof = 1) over seeds of the test-split metric; bold marks the best mean in a row. Each run "
+        f"selects its epoch on the validation split only (mean {study['selection_metric']} over validation "
+        f"conditions with their own seeds); the test conditions use fixed recorded seeds. AUC is the "
+        f"normalised area under the metric-versus-r curve (the curve's average height).", "",
+        "| variant | what it is | changes to the shared run config |", "|---|---|---|",
+    ]
+    for v in variants:
+        changes = ", ".join(f"`{c}`" for c in study["variants"][v]["changes"]) or "(none)"
+        lines.append(f"| {v} | {study['variants'][v]['description']} | {changes} |")
+    lines += ["", "## Summary", "", "Frame-level AUC over r = 0.0..0.9 and mean over the 7 modality combinations.",
+              "", *summary_table(study, tuple(study["plot_metrics"]))]
+    for metric in [primary] + [n for n in names if n != primary]:
+        frame, modality = protocol_tables(study, metric)
+        lines += ["", f"## {metric}", "", "### Frame-level missing rate r (MMSA protocol)", "", *frame,
+                  "", "### Modality combinations present (MMIN protocol)", "", *modality]
+    if "paired" in study:
+        reference = study["paired"]["reference"]
+        lines += ["", f"## Paired differences ({reference} minus variant, {primary}, per seed)", "",
+                  "Positive means the reference is higher" + (" (better)." if higher_is_better(primary) else
+                                                             " (worse: lower is better for this metric)."), "",
+                  "| variant | frame AUC | modality mean |", "|---|---|---|"]
+        for name, d in study["paired"]["differences"].items():
+            lines.append(f"| {name} | {_cell(d['frame_auc'], False)} | {_cell(d['modality_mean'], False)} |")
+    lines += ["", f"Plot: `{study['plot']}`.", f"Environment: {study['environment']}.", ""]
+    path.write_text("\n".join(lines))
+
+
+def _label(study: dict, name: str) -> str:
+    """A variant's name in plots; study.json files written before labels fall back to VARIANTS."""
+    return study["variants"][name].get("label") or (VARIANTS[name].label if name in VARIANTS else name)
+
+
+def _dodge(count: int, width: float) -> np.ndarray:
+    """x offsets that put ``count`` series side by side within ``width``, centred on 0."""
+    return (np.arange(count) - (count - 1) / 2) * (width / max(count, 1))
+
+
+def advantages(study: dict, reference: str, metric: str) -> dict[str, dict[str, np.ndarray]]:
+    """Per seed, how much better ``reference`` is than each other variant in ``metric`` (> 0:
+    the reference is better, for either direction of the metric), for the frame AUC and the
+    modality mean. Seeds pair up by position: every variant ran the study's seeds in order."""
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    ref = study["variants"][reference]["aggregate"]
+
+    def summaries(agg: dict) -> dict[str, np.ndarray]:
+        return {"frame AUC": np.asarray(agg["frame"]["summary"][metric]["auc"]["values"]),
+                "modality mean": np.asarray(agg["modality"]["mean"][metric]["values"])}
+
+    mine = summaries(ref)
+    return {name: {k: sign * (mine[k] - v) for k, v in summaries(variant["aggregate"]).items()}
+            for name, variant in study["variants"].items() if name != reference}
+
+
+def plot_study(study: dict, path: Path, metrics: tuple[str, ...]) -> list[Path]:
+    """The study in one figure, PNG and PDF.
+
+    Top row: each metric against the frame-level missing rate. Bottom: the primary metric
+    (``metrics[0]``) for each set of present modalities, and the paired differences against
+    full CASD (each seed's difference as a dot, their mean +- s.d. as a bar). Every point is a
+    mean over seeds with a +- 1 s.d. error bar; variants sit side by side, not on top of each
+    other; y-axes start where the data do (no bars, so nothing is truncated) and every axis
+    label says which direction is better.
+    """
+    variants = list(study["variants"])
+    seeds = len(study["seeds"])
+    primary = metrics[0]
+    colors = {v: f"C{i}" for i, v in enumerate(variants)}
+    reference = study.get("paired", {}).get("reference")
+    fig = plt.figure(figsize=(4.0 * max(len(metrics), 3), 8.4), layout="constrained")
+    # Two rows laid out on their own, so the long variant names of the paired panel do not
+    # squeeze the top row.
+    top, bottom = fig.subfigures(2, 1, height_ratios=(1, 1.1))
+    top_axes = top.subplots(1, len(metrics), squeeze=False)[0]
+    if reference:
+        combo_ax, paired_ax = bottom.subplots(1, 2, gridspec_kw={"width_ratios": (2, 1)})
+    else:
+        combo_ax, paired_ax = bottom.subplots(1, 1), None
+
+    # Metric vs frame-level missing rate: the rates are 0.1 apart, the variants share 0.05 of it.
+    for ax, metric in zip(top_axes, metrics):
+        for v, dx in zip(variants, _dodge(len(variants), 0.05)):
+            agg = study["variants"][v]["aggregate"]["frame"]
+            rates = np.asarray(agg["rates"]) + dx
+            mean = [s["mean"] for s in agg["metrics"][metric]]
+            std = [s["std"] for s in agg["metrics"][metric]]
+            ax.plot(rates, mean, color=colors[v], linewidth=0.8, alpha=0.45)
+            ax.errorbar(rates, mean, yerr=std, fmt="o", markersize=3.5, capsize=2, elinewidth=1,
+                        color=colors[v], label=_label(study, v))
+        ax.set_xticks(np.round(np.arange(0.0, 1.0, 0.2), 1))
+        ax.set_xlabel("frame-level missing rate r (test)")
+        ax.set_ylabel(axis_label(metric))
+        ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    top.legend(handles, labels, loc="outside upper center", ncol=len(variants), frameon=False)
+
+    # The primary metric per modality combination.
+    combos = [c for c in COMBINATION_NAMES if c in study["variants"][variants[0]]["aggregate"]["modality"]["combinations"]]
+    ax = combo_ax
+    for v, dx in zip(variants, _dodge(len(variants), 0.7)):
+        agg = study["variants"][v]["aggregate"]["modality"]["combinations"]
+        ax.errorbar(np.arange(len(combos)) + dx, [agg[c][primary]["mean"] for c in combos],
+                    yerr=[agg[c][primary]["std"] for c in combos], fmt="o", markersize=4, capsize=2,
+                    elinewidth=1, color=colors[v])
+    for boundary in np.arange(len(combos) - 1) + 0.5:
+        ax.axvline(boundary, color="0.85", linewidth=0.8)
+    ax.set_xticks(np.arange(len(combos)), [combination_label(c) for c in combos])
+    ax.set_xlim(-0.5, len(combos) - 0.5)
+    ax.set_xlabel("modalities present (test; the others missing in every sample)")
+    ax.set_ylabel(axis_label(primary))
+    ax.grid(axis="y", alpha=0.3)
+
+    if reference:  # paired differences: what each change does to full CASD, seed by seed
+        ax = paired_ax
+        others = [v for v in variants if v != reference]
+        for row, v in enumerate(others):
+            for (kind, values), dy, marker in zip(advantages(study, reference, primary)[v].items(), (-0.15, 0.15),
+                                                  ("o", "s")):
+                y = len(others) - 1 - row + dy
+                ax.scatter(values, np.full(len(values), y), s=12, color=colors[v], alpha=0.45, marker=marker,
+                           linewidths=0)
+                spread = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+                ax.errorbar(float(np.mean(values)), y, xerr=spread, fmt=marker, markersize=6, capsize=3,
+                            color=colors[v], markerfacecolor="white" if kind == "modality mean" else colors[v])
+        ax.axvline(0.0, color="0.3", linewidth=1)
+        for x, text, align in ((0.02, "← variant better", "left"), (0.98, f"{_label(study, reference)} better →", "right")):
+            ax.text(x, 1.01, text, transform=ax.transAxes, ha=align, va="bottom", fontsize=8, color="0.35")
+        ax.set_yticks(np.arange(len(others))[::-1], [_label(study, v) for v in others])
+        ax.set_ylim(-0.6, len(others) - 0.4)
+        ax.set_xlabel(f"{_label(study, reference)}'s advantage in {metric_name(primary)}\n"
+                      f"(> 0: {_label(study, reference)} better; per seed)")
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(handles=[plt.Line2D([], [], marker="o", color="0.3", linestyle=""),
+                           plt.Line2D([], [], marker="s", color="0.3", markerfacecolor="white", linestyle="")],
+                  labels=["frame AUC", "modality mean"], fontsize=8, loc="best")
+        ax.set_title(f"paired differences vs {_label(study, reference)}", fontsize=10, pad=16)
+
+    fig.suptitle(f"Robustness to missing modalities on {describe_source(study['data']['source'])}: "
+                 f"test split, mean ± s.d. over {seeds} seed{'s' if seeds != 1 else ''}")
+    return save_figure(fig, path)

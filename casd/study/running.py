@@ -1,0 +1,125 @@
+"""Running the study: its variants of a shared RunConfig, one run per variant and seed.
+
+A variant is a named change to the shared config, applied with ``dataclasses.replace``. The
+ablations of CASD are listed here; every other model kind in casd.registry.MODEL_KINDS is a
+variant of its own, so registering a model adds it to the study.
+
+A finished run (its results.json) is reused when its RunConfig equals the one the study would
+run now, compared as dataclasses apart from where and how it ran (output, device, progress
+bars); an interrupted run (last.pt, no results.json) is resumed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from casd import train
+from casd.config import RECORD_KEY, DeviceConfig, OutputConfig, RunConfig
+from casd.errors import ConfigError, OutputError
+from casd.flags import config_from_flags
+from casd.registry import MODEL_KINDS
+from casd.report import model_label
+from casd.serialize import flatten, from_dict, to_dict
+
+__all__ = ["Variant", "VARIANTS", "run_config", "saved_config", "run_one"]
+
+log = logging.getLogger("casd")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named change to the shared config: ``{section: {field: value}}``; ``label`` is its name
+    in plots ("CASD w/o distillation")."""
+
+    name: str
+    description: str
+    changes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
+
+    def apply(self, config: RunConfig) -> RunConfig:
+        for section, values in self.changes.items():
+            config = replace(config, **{section: replace(getattr(config, section), **values)})
+        return config
+
+    def describe(self) -> list[str]:
+        """The changes as text: ``["objective.lambda_cd = 0.0"]``."""
+        return [f"{section}.{name} = {value}" for section, values in self.changes.items()
+                for name, value in values.items()]
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("casd", "full CASD", label="CASD"),
+    Variant("no_distill", "CASD without distillation (lambda_cd = 0)", {"objective": {"lambda_cd": 0.0}},
+            "CASD w/o distillation"),
+    Variant("uniform", "CASD with uniform component weights", {"model": {"weighting": "uniform"}},
+            "CASD, uniform weights"),
+    Variant("gaussian", "CASD with Gaussian embeddings", {"model": {"distribution": "gaussian"}},
+            "CASD, Gaussian"),
+    *(Variant(kind.name, kind.description, {"model": {"kind": kind.name}}, model_label(kind.name))
+      for kind in MODEL_KINDS.values() if kind.name != "casd"),
+)}
+
+
+def run_config(base: RunConfig, variant: str, seed: int, out: Path) -> RunConfig:
+    """The config of one run: the shared ``base`` with the variant's changes, the seed and its folder.
+
+    The variant's changes win over shared settings (``--lambda-cd 0.03`` sets it for every
+    variant except no_distill); the seed and the output folder are the study's own.
+    """
+    config = VARIANTS[variant].apply(base)
+    resume = (out / "last.pt").exists()
+    # The study owns its run folders: a folder without last.pt (and without results.json, which
+    # run_one reuses instead) holds a run that stopped before its first checkpoint; start it again.
+    overwrite = not resume and not (out / "results.json").exists() and out.is_dir() and any(out.iterdir())
+    return replace(config, train=replace(config.train, seed=seed, progress=False),
+                   output=OutputConfig(dir=out, resume=resume, overwrite=overwrite))
+
+
+def _comparable(config: RunConfig) -> RunConfig:
+    """``config`` without what does not change results (where it ran and wrote, progress bars)."""
+    return replace(config, output=OutputConfig(), device=DeviceConfig(), train=replace(config.train, progress=True))
+
+
+def saved_config(report: dict, where: Path) -> RunConfig:
+    """The RunConfig recorded in a results.json, also one written before RunConfig existed
+    (whose config held casd.train's parsed flags under "args")."""
+    recorded = report["config"]
+    if "args" in recorded:  # format of casd before RunConfig: the argparse namespace
+        flags = {k: v for k, v in recorded["args"].items()}
+        flags["data"] = None if flags.get("data") is None else Path(flags["data"])
+        return config_from_flags(flags)
+    try:
+        return from_dict(RunConfig, {k: v for k, v in recorded.items() if k != RECORD_KEY})
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def run_one(config: RunConfig, report_only: bool = False) -> dict:
+    """results.json of the run ``config`` describes: reused if finished with the same config, else
+    trained (or resumed, when its folder holds last.pt)."""
+    out = config.output.dir
+    results = out / "results.json"
+    if results.exists():
+        try:
+            report = json.loads(results.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise OutputError(f"{results}: cannot read this finished run's results ({exc}); remove the folder "
+                              "to train it again") from exc
+        saved = saved_config(report, results)
+        if _comparable(saved) != _comparable(config):
+            mine, theirs = flatten(to_dict(_comparable(config))), flatten(to_dict(_comparable(saved)))
+            diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+            raise ConfigError(f"{out} holds a run with another config ({', '.join(diff)}); use another --out")
+        log.info("study: reusing %s", out)
+        return report
+    if report_only:
+        raise ConfigError(f"--report-only: no finished run in {out} (no results.json); run the study without it")
+    log.info("study: training %s -> %s%s", config.model.kind, out, " (resuming)" if config.output.resume else "")
+    return train.run(config)
