@@ -46,25 +46,32 @@ def test_old_checkpoint_loads_from_str_and_pathlike_and_predicts_as_it_did(tmp_p
 
 
 @pytest.mark.slow
-def test_old_checkpoint_resumes_to_the_numbers_the_old_run_reached(tmp_path):
-    """Epoch 1 by the old casd, epoch 2 by this one: the result is the old 2-epoch run's, and a
-    fresh run of this casd reaches it too (same seeds, same numbers)."""
-    resumed, fresh = tmp_path / "resumed", tmp_path / "fresh"
-    resumed.mkdir()
-    shutil.copy(OLD, resumed / "last.pt")
-    assert train([*ARGS, "--out", str(resumed), "--resume"]) == 0
-    assert train([*ARGS, "--out", str(fresh)]) == 0
+def test_old_checkpoint_resumes_deterministically_from_the_old_weights(tmp_path):
+    """Epoch 1 by the old casd, epoch 2 by this one. The old run's epoch 2 is not reproduced:
+    issue 8 changed the sampler's noise stream (keyed Philox instead of torch.randn), so the
+    second epoch draws other, equally distributed noise. What must hold: the old epoch is
+    carried verbatim, the run finishes in the current format, and resuming the same file
+    twice gives the same numbers (the resumed state, not luck, decides them)."""
     old = EXPECTED["run"]
-    for run in (resumed, fresh):
+    reports = []
+    for name in ("first", "second"):
+        run = tmp_path / name
+        run.mkdir()
+        shutil.copy(OLD, run / "last.pt")
+        shutil.copy(OLD, run / "best.pt")  # after epoch 1 of the old run, epoch 1 was its best
+        assert train([*ARGS, "--out", str(run), "--resume"]) == 0
         report = json.loads((run / "results.json").read_text())
-        assert len(report["history"]) == 2 and report["selection"]["best_epoch"] == old["selection"]["best_epoch"]
-        for got, want in zip(report["history"], old["history"]):
-            for key, value in want.items():
-                assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (run.name, want["epoch"], key)
-        for name, values in old["test"]["frame"]["metrics"].items():
-            np.testing.assert_allclose(report["test"]["frame"]["metrics"][name], values, rtol=1e-4, atol=1e-5,
-                                       err_msg=f"{run.name} {name}")
+        assert len(report["history"]) == 2
+        for key, value in old["history"][0].items():
+            assert report["history"][0][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (name, key)
+        for values in report["test"]["frame"]["metrics"].values():
+            assert all(v is None or np.isfinite(v) for v in values)
         assert read_checkpoint(run / "last.pt")["format"] == FORMAT  # written in the current format
+        reports.append(report)
+    first, second = reports
+    assert [{k: v for k, v in h.items() if "time" not in k and "second" not in k} for h in first["history"]] == \
+        [{k: v for k, v in h.items() if "time" not in k and "second" not in k} for h in second["history"]]
+    assert first["test"]["frame"]["metrics"] == second["test"]["frame"]["metrics"]
 
 
 def test_resuming_an_old_checkpoint_with_other_settings_names_them(tmp_path, capsys):
