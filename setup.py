@@ -45,6 +45,7 @@ setup(
             "hypothesis>=6",
             "scipy>=1.10",
             "scikit-learn>=1.2",  # independent cross-check of the MMSA metric semantics
+            "mpmath>=1.3",  # 50-digit references for the in-kernel lgamma/digamma (torch pulls it in too)
         ],
         # GPU profiling: NVML readings (device, power, energy) beside the benchmark timings.
         "bench": ["pytest>=7", "pytest-benchmark>=4", "nvidia-ml-py>=12"],

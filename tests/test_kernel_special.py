@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import math
 
+import mpmath
 import numpy as np
 import pytest
 import torch
 
-mpmath = pytest.importorskip("mpmath")
 triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
