@@ -15,8 +15,8 @@ from casd.objective import ObjectiveConfig
 from casd.registry import MODEL_KINDS, build_model, model_kind
 from casd.serialize import to_dict
 from casd.study import main as study
-from casd.study.cli import STUDY_DEFAULTS
-from casd.study.reporting import aggregate, paired_differences
+from casd.study.cli import STUDY_DEFAULTS, replicates
+from casd.study.reporting import EXACT_PAIRS, aggregate, paired_differences, sign_flip_p_value
 from casd.study.running import VARIANTS, run_config, run_one
 
 DIMS = (12, 5, 7)
@@ -108,6 +108,46 @@ def test_aggregate_gives_mean_and_sample_std_of_every_metric_and_condition():
     diff = paired_differences(study_, "casd", "MAE")["other"]["frame_auc"]
     aucs = np.array([s["frame"]["summary"]["MAE"]["auc"] for s in summaries])
     np.testing.assert_allclose(diff["values"], aucs - aucs[::-1])
+    assert diff["p_value"] == pytest.approx(sign_flip_p_value(aucs - aucs[::-1]))
+
+
+def test_sign_flip_p_value_by_hand_and_against_scipy():
+    # All n differences of one sign: only the identity and its mirror reach |mean|: 2 / 2**n.
+    assert sign_flip_p_value([0.3, 0.1, 0.2, 0.5, 0.4]) == pytest.approx(2 / 32)
+    assert sign_flip_p_value(-np.linspace(0.1, 1.0, 10)) == pytest.approx(2 / 1024)
+    assert sign_flip_p_value([0.0, 0.0, 0.0]) == 1.0  # no difference at all
+    assert sign_flip_p_value([1.0, -1.0]) == 1.0  # mean 0: every pattern reaches it
+    # [3, 1]: the four patterns give |mean| 2, 1, 1, 2; two reach the observed 2: p = 0.5.
+    assert sign_flip_p_value([3.0, 1.0]) == pytest.approx(0.5)
+    assert np.isnan(sign_flip_p_value([])) and np.isnan(sign_flip_p_value([1.0, np.nan]))
+    stats = pytest.importorskip("scipy.stats")
+    gen = np.random.default_rng(int(np.random.SeedSequence().entropy % 2**32))
+    for n in (3, 7, 10):
+        d = gen.normal(0.3, 1.0, n)
+        ref = stats.permutation_test((d,), np.mean, permutation_type="samples", n_resamples=np.inf,
+                                     alternative="two-sided").pvalue
+        assert sign_flip_p_value(d) == pytest.approx(ref), d
+    # Beyond EXACT_PAIRS a seeded random sample of patterns: close to the exact value.
+    d = gen.normal(0.2, 1.0, EXACT_PAIRS + 2)
+    ref = stats.permutation_test((d,), np.mean, permutation_type="samples", n_resamples=np.inf,
+                                 alternative="two-sided").pvalue
+    assert sign_flip_p_value(d) == pytest.approx(ref, abs=0.01)
+    assert sign_flip_p_value(d) == sign_flip_p_value(d)  # seeded: the report does not change between runs
+
+
+def test_replicates_pair_training_seeds_with_data_seeds():
+    base = config_from_argv([*STUDY_DEFAULTS])
+    plain = replicates(base, [3, 4], None)
+    assert list(plain) == ["3", "4"] and plain["4"][1:] == (4, Path("seed_4")) and plain["3"][0] is base
+    both = replicates(base, [3, 4], [0, 5])
+    assert list(both) == ["0/3", "0/4", "5/3", "5/4"]
+    config, seed, folder = both["5/4"]
+    assert (config.data.synthetic.seed, seed, folder) == (5, 4, Path("data_5") / "seed_4")
+    assert config.data.synthetic.num_train == base.data.synthetic.num_train  # only the seed changes
+    with pytest.raises(ConfigError, match="--data-seeds: seed"):
+        replicates(base, [3], [1, 1])
+    with pytest.raises(ConfigError, match="--seeds: seed"):
+        replicates(base, [3, 3], None)
 
 
 # --- end to end --------------------------------------------------------------------------------
@@ -156,6 +196,25 @@ def test_study_runs_variants_and_seeds_reports_and_reuses_runs(tmp_path, capsys)
     assert study([*command, "--hidden", "8"]) == 2
     assert "hidden" in capsys.readouterr().err
     assert study(["--seed", "5", "--out", str(out)]) == 2
+
+
+@pytest.mark.slow
+def test_study_over_data_seeds_pairs_runs_and_reports_p_values(tmp_path):
+    out = tmp_path / "study"
+    command = ["--seeds", "3", "--data-seeds", "0", "1", "--variants", "casd", "no_distill", "--out", str(out), *TINY]
+    assert study(command) == 0
+    report = json.loads((out / "study.json").read_text())
+    assert report["replicates"] == ["0/3", "1/3"] and report["data_seeds"] == [0, 1] and report["seeds"] == [3]
+    for d in (0, 1):
+        run = json.loads((out / "casd" / f"data_{d}" / "seed_3" / "results.json").read_text())
+        assert run["config"]["data"]["synthetic"]["seed"] == d and run["config"]["train"]["seed"] == 3
+    per_run = report["variants"]["casd"]["per_seed"]
+    assert per_run["0/3"]["frame"]["metrics"] != per_run["1/3"]["frame"]["metrics"]  # other data, other numbers
+    diff = report["paired"]["differences"]["no_distill"]["frame_auc"]
+    assert len(diff["values"]) == 2 and diff["p_value"] == pytest.approx(sign_flip_p_value(diff["values"]))
+    markdown = (out / "study.md").read_text()
+    assert "sign-flip" in markdown and "data sets with seeds 0, 1 (2 runs per variant)" in markdown
+    assert study([*command, "--report-only"]) == 0  # the layout is found again
 
 
 def test_variants_are_config_changes_and_every_model_kind_is_one():

@@ -74,13 +74,14 @@ def confidence_diagnostics(run_dir: Path, split_name: str = "valid") -> dict:
     }
 
 
-def write_diagnostics(out: Path, variants: list[str], seeds: list[int]) -> None:
-    """diagnostics.json/.md for the runs ``out/<variant>/seed_<seed>`` (CASD-kind variants only)."""
-    runs = {v: {s: confidence_diagnostics(out / v / f"seed_{s}") for s in seeds} for v in variants}
+def write_diagnostics(out: Path, variants: list[str], folders: dict[str, Path]) -> None:
+    """diagnostics.json/.md for the runs ``out/<variant>/<folder>`` (CASD-kind variants only);
+    ``folders`` maps each run's label ("1111", or "0/1111" with data seeds) to its folder."""
+    runs = {v: {key: confidence_diagnostics(out / v / folder) for key, folder in folders.items()} for v in variants}
     (out / "diagnostics.json").write_text(json.dumps(runs, indent=2))
     mean = lambda values: f"{np.mean(values):.3f}"  # noqa: E731
     lines = ["# Confidence-weight diagnostics (validation split)", "",
-             "Means over seeds; see `casd.study.confidence_diagnostics` for the definitions.", "",
+             "Means over runs (seeds); see `casd.study.confidence_diagnostics` for the definitions.", "",
              "| variant | u spread | mean max π (1/7 = 0.143) | MAE mixture | MAE plain mean | MAE {t,a,v} alone "
              "| ρ(u_t, σ_t) | ρ(u_a, σ_a) | ρ(u_v, σ_v) |", "|---|" + "---|" * 8]
     for v, per_seed in runs.items():

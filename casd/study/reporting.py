@@ -21,7 +21,7 @@ from casd.report import (axis_label, combination_label, describe_source, headlin
                          metric_name, save_figure)
 from casd.study.running import VARIANTS  # noqa: E402
 
-__all__ = ["aggregate", "paired_differences", "advantages", "build_study", "protocol_tables", "summary_table",
+__all__ = ["aggregate", "sign_flip_p_value", "paired_differences", "advantages", "build_study", "protocol_tables", "summary_table",
            "write_markdown", "plot_study"]
 
 
@@ -53,8 +53,42 @@ def aggregate(summaries: list[dict]) -> dict:
     }
 
 
+# Up to this many pairs every sign pattern is enumerated (2**16 x 16 signs: 8 MB).
+EXACT_PAIRS = 16
+RANDOM_FLIPS = 1 << 16
+
+
+def sign_flip_p_value(differences) -> float:
+    """Two-sided p-value of the paired randomisation (sign-flip) test of "mean difference 0".
+
+    Under the null hypothesis each pair's difference is as likely to have either sign, so the
+    p-value is the share of the 2**n sign patterns whose |mean| reaches the observed |mean|
+    (the identity pattern included). It assumes no distribution of the differences, which a
+    handful of seeds could not check. Exact up to EXACT_PAIRS pairs; beyond, RANDOM_FLIPS
+    seeded random patterns plus the observed one, (1 + hits) / (1 + RANDOM_FLIPS). The
+    smallest attainable value is 2 / 2**n: 0.0625 with 5 pairs, 0.002 with 10.
+    """
+    d = np.asarray(differences, dtype=np.float64)
+    if d.size == 0 or not np.isfinite(d).all():
+        return float("nan")
+    observed = abs(d.mean())
+    # float sums of the same values in another order may differ in the last bits: count ties
+    reach = observed * (1.0 - 1e-9)
+    if d.size <= EXACT_PAIRS:
+        signs = 1 - 2 * ((np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1)
+        return float(np.mean(np.abs(signs @ d) / d.size >= reach))
+    signs = np.random.default_rng(0).choice((-1.0, 1.0), size=(RANDOM_FLIPS, d.size))
+    return float((1 + np.sum(np.abs(signs @ d) / d.size >= reach)) / (1 + RANDOM_FLIPS))
+
+
+def _paired(reference: list[float], variant: list[float]) -> dict:
+    stats = _stats(np.subtract(reference, variant).tolist())
+    return {**stats, "p_value": sign_flip_p_value(stats["values"])}
+
+
 def paired_differences(study: dict, reference: str, metric: str) -> dict:
-    """Per-seed differences (reference minus variant) of the frame AUC and the modality mean."""
+    """Per-run differences (reference minus variant) of the frame AUC and the modality mean,
+    paired by (data seed, training seed), with the sign-flip test's p-value."""
     out = {}
     ref = study["variants"][reference]["aggregate"]
     for name, variant in study["variants"].items():
@@ -62,28 +96,34 @@ def paired_differences(study: dict, reference: str, metric: str) -> dict:
             continue
         agg = variant["aggregate"]
         out[name] = {
-            "frame_auc": _stats(np.subtract(ref["frame"]["summary"][metric]["auc"]["values"],
-                                            agg["frame"]["summary"][metric]["auc"]["values"]).tolist()),
-            "modality_mean": _stats(np.subtract(ref["modality"]["mean"][metric]["values"],
-                                                agg["modality"]["mean"][metric]["values"]).tolist()),
+            "frame_auc": _paired(ref["frame"]["summary"][metric]["auc"]["values"],
+                                 agg["frame"]["summary"][metric]["auc"]["values"]),
+            "modality_mean": _paired(ref["modality"]["mean"][metric]["values"],
+                                     agg["modality"]["mean"][metric]["values"]),
         }
     return out
 
 
-def build_study(runs: dict[str, dict[int, dict]], descriptions: dict[str, tuple[str, list[str]]],
-                seeds: list[int], command: str) -> dict:
-    """study.json's dict from every run's results.json (``runs[variant][seed]``).
+def build_study(runs: dict[str, dict[str, dict]], descriptions: dict[str, tuple[str, list[str]]],
+                seeds: list[int], command: str, data_seeds: list[int] | None = None) -> dict:
+    """study.json's dict from every run's results.json (``runs[variant][replicate]``).
 
-    ``descriptions[variant]`` is (what it is, its changes to the shared RunConfig as text).
+    A replicate is a training seed (``"1111"``) or, with several synthetic data sets, a data
+    seed and a training seed (``"0/1111"``); every variant ran the same replicates in the same
+    order, and paired statistics pair them by position. ``descriptions[variant]`` is (what
+    it is, its changes to the shared RunConfig as text).
     """
     variants = list(runs)
-    first = runs[variants[0]][seeds[0]]
+    replicates = list(runs[variants[0]])
+    first = runs[variants[0]][replicates[0]]
     # The data description: under "record" since RunConfig, directly under "config" before.
     data = first["config"].get("record", first["config"])["data"]
     names = headline_metrics(data["dataset"], data["task"])
     study = {
         "command": command,
         "seeds": seeds,
+        "data_seeds": data_seeds,
+        "replicates": replicates,
         "data": data,
         "selection_metric": first["selection"]["metric"],
         "metrics": list(names),
@@ -94,9 +134,9 @@ def build_study(runs: dict[str, dict[int, dict]], descriptions: dict[str, tuple[
         "variants": {
             v: {"description": descriptions[v][0], "changes": descriptions[v][1],
                 "label": VARIANTS[v].label if v in VARIANTS else v,
-                "per_seed": {str(seed): r["test"] for seed, r in runs[v].items()},
-                "best_epochs": {str(seed): r["selection"]["best_epoch"] for seed, r in runs[v].items()},
-                "valid_scores": {str(seed): r["selection"]["valid_score"] for seed, r in runs[v].items()},
+                "per_seed": {str(key): r["test"] for key, r in runs[v].items()},
+                "best_epochs": {str(key): r["selection"]["best_epoch"] for key, r in runs[v].items()},
+                "valid_scores": {str(key): r["selection"]["valid_score"] for key, r in runs[v].items()},
                 "aggregate": aggregate([r["test"] for r in runs[v].values()])}
             for v in variants
         },
@@ -160,8 +200,8 @@ def write_markdown(study: dict, path: Path) -> None:
         f"Command: `{study['command']}`", "",
         f"Data: {study['data']['source']} ({study['data']['sizes']}); training missingness "
         f"{study['data']['missing_protocol']} at rate {study['data']['missing_rate']}. "
-        f"Seeds {', '.join(map(str, study['seeds']))}; each cell is the mean ± sample standard deviation "
-        f"(ddof = 1) over seeds of the test-split metric; bold marks the best mean in a row. Each run "
+        f"{_replicates_text(study)}; each cell is the mean ± sample standard deviation "
+        f"(ddof = 1) over these runs of the test-split metric; bold marks the best mean in a row. Each run "
         f"selects its epoch on the validation split only (mean {study['selection_metric']} over validation "
         f"conditions with their own seeds); the test conditions use fixed recorded seeds. AUC is the "
         f"normalised area under the metric-versus-r curve (the curve's average height).", "",
@@ -178,14 +218,32 @@ def write_markdown(study: dict, path: Path) -> None:
                   "", "### Modality combinations present (MMIN protocol)", "", *modality]
     if "paired" in study:
         reference = study["paired"]["reference"]
-        lines += ["", f"## Paired differences ({reference} minus variant, {primary}, per seed)", "",
+        lines += ["", f"## Paired differences ({reference} minus variant, {primary}, per run)", "",
                   "Positive means the reference is higher" + (" (better)." if higher_is_better(primary) else
-                                                             " (worse: lower is better for this metric)."), "",
-                  "| variant | frame AUC | modality mean |", "|---|---|---|"]
+                                                             " (worse: lower is better for this metric).")
+                  + " Runs pair by data seed and training seed; p is the two-sided p-value of the exact "
+                  "paired sign-flip test (`sign_flip_p_value`), whose smallest attainable value with "
+                  f"{len(study.get('replicates') or study['seeds'])} pairs is "
+                  f"{2 / 2 ** len(study.get('replicates') or study['seeds']):.4g}.", "",
+                  "| variant | frame AUC | p | modality mean | p |", "|---|---|---|---|---|"]
         for name, d in study["paired"]["differences"].items():
-            lines.append(f"| {name} | {_cell(d['frame_auc'], False)} | {_cell(d['modality_mean'], False)} |")
+            lines.append(f"| {name} | {_cell(d['frame_auc'], False)} | {_p(d['frame_auc'])} | "
+                         f"{_cell(d['modality_mean'], False)} | {_p(d['modality_mean'])} |")
     lines += ["", f"Plot: `{study['plot']}`.", f"Environment: {study['environment']}.", ""]
     path.write_text("\n".join(lines))
+
+
+def _p(stats: dict) -> str:
+    """A p-value cell; study.json files written before the test carry none."""
+    return "-" if stats.get("p_value") is None else f"{stats['p_value']:.3g}"
+
+
+def _replicates_text(study: dict) -> str:
+    seeds = ", ".join(map(str, study["seeds"]))
+    if not study.get("data_seeds"):
+        return f"Seeds {seeds}"
+    return (f"Training seeds {seeds} on each of the synthetic data sets with seeds "
+            f"{', '.join(map(str, study['data_seeds']))} ({len(study['replicates'])} runs per variant)")
 
 
 def _label(study: dict, name: str) -> str:
@@ -225,7 +283,7 @@ def plot_study(study: dict, path: Path, metrics: tuple[str, ...]) -> list[Path]:
     label says which direction is better.
     """
     variants = list(study["variants"])
-    seeds = len(study["seeds"])
+    runs = len(study.get("replicates") or study["seeds"])
     primary = metrics[0]
     colors = {v: f"C{i}" for i, v in enumerate(variants)}
     reference = study.get("paired", {}).get("reference")
@@ -290,7 +348,7 @@ def plot_study(study: dict, path: Path, metrics: tuple[str, ...]) -> list[Path]:
         ax.set_yticks(np.arange(len(others))[::-1], [_label(study, v) for v in others])
         ax.set_ylim(-0.6, len(others) - 0.4)
         ax.set_xlabel(f"{_label(study, reference)}'s advantage in {metric_name(primary)}\n"
-                      f"(> 0: {_label(study, reference)} better; per seed)")
+                      f"(> 0: {_label(study, reference)} better; per run)")
         ax.grid(axis="x", alpha=0.3)
         ax.legend(handles=[plt.Line2D([], [], marker="o", color="0.3", linestyle=""),
                            plt.Line2D([], [], marker="s", color="0.3", markerfacecolor="white", linestyle="")],
@@ -298,5 +356,6 @@ def plot_study(study: dict, path: Path, metrics: tuple[str, ...]) -> list[Path]:
         ax.set_title(f"paired differences vs {_label(study, reference)}", fontsize=10, pad=16)
 
     fig.suptitle(f"Robustness to missing modalities on {describe_source(study['data']['source'])}: "
-                 f"test split, mean ± s.d. over {seeds} seed{'s' if seeds != 1 else ''}")
+                 f"test split, mean ± s.d. over {runs} run{'s' if runs != 1 else ''}"
+                 + (f" ({len(study['seeds'])} seeds x {len(study['data_seeds'])} data sets)" if study.get("data_seeds") else ""))
     return save_figure(fig, path)
