@@ -8,13 +8,18 @@ modalities:
     y_hat = sum_{m present} softmax_{m present}(a)_m f_m(h_m)
 
 It is trained like CASD, with a teacher view (complete inputs) and a student view with the
-training missingness (modality dropout and frame dropout) as one 2B batch, and the same task
-loss on both views (``casd.objective.task_loss`` with a single component and sample):
+training missingness (modality dropout and frame dropout) as one 2B batch. Each view's task
+loss is that of the fused output plus the mean loss of the heads of the present modalities
+(``casd.objective.task_loss``; the heads as components with uniform weights):
 
+    L_task(view) = mean_b loss(y_hat_b, y_b) + mean_b mean_{m present} loss(f_m(h_m), y_b)
     L = L_task(teacher) + L_task(student)
 
-so the only differences from CASD are the fusion (fixed weights instead of per-sample
-confidence) and the absence of distributions and distillation. It reports no uncertainty
+The second term trains every head to predict on its own, as a unimodal model would: with the
+fused loss alone a head learns only through its share of the fusion, and a sample with one
+present modality is then predicted by a head that was never asked to stand alone (issue 11
+measured {t} MAE 0.97 against 0.73 for CASD). The differences from CASD are the fusion (fixed
+weights instead of per-sample confidence) and the absence of distributions and distillation. It reports no uncertainty
 (NaN) and, as its component weights, a one-hot vector on the combination of present
 modalities (the only "component" it uses).
 """
@@ -68,8 +73,11 @@ class LateFusionModel(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[B, O] fused scores or logits."""
-        weights = self.fusion_weights(batch["present"])
-        return (weights.unsqueeze(-1) * self.modality_outputs(batch).float()).sum(1)
+        return self.fuse(batch["present"], self.modality_outputs(batch))
+
+    def fuse(self, present: torch.Tensor, per_modality: torch.Tensor) -> torch.Tensor:
+        """[B, O]: the present modalities' head outputs [B, 3, O] mixed by the fusion weights."""
+        return (self.fusion_weights(present).unsqueeze(-1) * per_modality.float()).sum(1)
 
     def predict(self, batch: dict[str, torch.Tensor]) -> Prediction:
         output = self(batch)
@@ -99,11 +107,19 @@ class LateFusionObjective(nn.Module):
     def forward(self, model: LateFusionModel, teacher: dict[str, torch.Tensor],
                 student: dict[str, torch.Tensor], noise_seed: int | None = None) -> LossBreakdown:
         batch = teacher["labels"].shape[0]
-        outputs = model(concat_views(teacher, student))[:, None, None, :]  # [2B, K=1, S=1, O]
-        log_pi = outputs.new_zeros(outputs.shape[0], 1)  # one component, weight 1
+        views = concat_views(teacher, student)
+        heads = model.modality_outputs(views)  # [2B, 3, O]
+        fused = model.fuse(views["present"], heads)[:, None, None, :]  # [2B, K=1, S=1, O]
+        one = fused.new_zeros(fused.shape[0], 1)  # one component, weight 1
+        present = views["present"].bool()
+        uniform = torch.log(present.float() / present.sum(1, keepdim=True))  # -inf for absent heads
         labels, task = teacher["labels"], self.task
-        task_teacher = task_loss(outputs[:batch], labels, log_pi[:batch], task)
-        task_student = task_loss(outputs[batch:], labels, log_pi[batch:], task)
-        zero = torch.zeros((), device=outputs.device)
+
+        def view_loss(rows: slice) -> torch.Tensor:
+            return (task_loss(fused[rows], labels, one[rows], task)
+                    + task_loss(heads[rows].unsqueeze(2), labels, uniform[rows], task))
+
+        task_teacher, task_student = view_loss(slice(0, batch)), view_loss(slice(batch, None))
+        zero = torch.zeros((), device=fused.device)
         return LossBreakdown(task_teacher + task_student, task_teacher, task_student, zero)
 

@@ -60,15 +60,30 @@ def test_late_fusion_mixes_only_present_modalities_with_learned_weights():
     assert torch.isnan(prediction.uncertainty).all()
 
 
-def test_late_fusion_objective_is_the_l1_task_loss_of_both_views():
+def test_late_fusion_objective_trains_the_fused_output_and_every_present_head():
     model = LateFusionModel(LateFusionConfig(DIMS, hidden=16, heads=2, dropout=0.0))
     teacher = random_batch(8, torch.ones(8, 3, dtype=torch.bool))
     student = {**teacher, "present": random_presence(8)}
     losses = LateFusionObjective(ObjectiveConfig())(model, teacher, student)
-    l1 = lambda batch: (model(batch).squeeze(-1) - teacher["labels"]).abs().mean()  # noqa: E731
+    labels = teacher["labels"]
+
+    def l1(batch):  # fused L1 + per sample the mean L1 of the present modalities' heads
+        heads = (model.modality_outputs(batch).squeeze(-1) - labels[:, None]).abs()  # [B, 3]
+        present = batch["present"].float()
+        per_head = (heads * present).sum(1) / present.sum(1)
+        return (model(batch).squeeze(-1) - labels).abs().mean() + per_head.mean()
+
     torch.testing.assert_close(losses.task_teacher, l1(teacher))
     torch.testing.assert_close(losses.task_student, l1(student))
     torch.testing.assert_close(losses.total, l1(teacher) + l1(student))
+    # An absent modality's head gets no gradient from the student view's head term.
+    only_text = {**teacher, "present": torch.tensor([[True, False, False]]).expand(8, 3)}
+    model.zero_grad()
+    LateFusionObjective(ObjectiveConfig())(model, only_text, only_text).total.backward()
+    assert model.heads[0][0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.heads[2].parameters())
+    model.zero_grad()
+    losses = LateFusionObjective(ObjectiveConfig())(model, teacher, student)
     losses.total.backward()
     assert all(p.grad is not None for p in model.parameters())
     rebuilt = build_model(model_kind(model), model.config.to_dict())
