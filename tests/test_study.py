@@ -200,6 +200,13 @@ def test_runs_written_before_run_config_are_reused_by_their_recorded_flags(tmp_p
     (out / "results.json").write_text(json.dumps({"config": {"args": args}, "test": {"marker": 2}}))
     tiny = ["--synthetic-samples", "64", "32", "48", "--epochs", "1", "--hidden", "16", "--heads", "2",
             "--embed-dim", "8"]
+    # It ran the first formulation: today's defaults are another run (formulation §8) ...
+    with pytest.raises(ConfigError, match="objective.distill"):
+        run_one(run_config(config_from_argv([*STUDY_DEFAULTS, *tiny]), "casd", 7, out), report_only=True)
+    # ... and the first formulation's flags reuse it.
+    first = ["--no-frame-scale", "--likelihood", "point", "--tau", "1", "--tau-rows", "1", "--lambda-cd", "0.01",
+             "--distill", "mixture", "--no-cd-per-dim", "--task-input", "samples", "--missing-rate", "0.7"]
+    tiny += first
     config = run_config(config_from_argv([*STUDY_DEFAULTS, *tiny]), "casd", 7, out)
     assert run_one(config, report_only=True)["test"] == {"marker": 2}
     with pytest.raises(ConfigError, match="model.hidden"):
