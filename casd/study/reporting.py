@@ -5,6 +5,7 @@ gathers them into study.json's dict, and ``write_markdown`` / ``plot_study`` ren
 """
 from __future__ import annotations
 
+import math
 import platform
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from casd.report import (axis_label, combination_label, describe_source, headlin
                          metric_name, save_figure)
 from casd.study.running import VARIANTS  # noqa: E402
 
-__all__ = ["aggregate", "paired_differences", "advantages", "build_study", "protocol_tables", "summary_table",
+__all__ = ["aggregate", "paired_differences", "paired_t_pvalue", "uncertainty_summary", "advantages", "build_study", "protocol_tables", "summary_table",
            "write_markdown", "plot_study"]
 
 
@@ -53,20 +54,79 @@ def aggregate(summaries: list[dict]) -> dict:
     }
 
 
+def _incomplete_beta(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function I_x(a, b), by its continued fraction (Lentz's
+    method; Numerical Recipes §6.4), so that the p-values need no scipy at run time."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1.0) / (a + b + 2.0):  # the fraction converges fast only below this point
+        return 1.0 - _incomplete_beta(b, a, 1.0 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    result = d
+    for m in range(1, 300):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            result *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return front * result
+
+
+def paired_t_pvalue(differences: list[float]) -> float:
+    """Two-sided p-value of the paired t-test that the mean per-seed difference is 0.
+
+    t = mean / (s / sqrt(n)) with n - 1 degrees of freedom; p = P(|T| >= |t|) = I_{df/(df+t^2)}(df/2, 1/2).
+    NaN with fewer than 2 seeds; 0 differences of one sign and no spread give p = 0."""
+    d = np.asarray(differences, dtype=np.float64)
+    if d.size < 2:
+        return math.nan
+    std = float(np.std(d, ddof=1))
+    if std == 0.0:
+        return 1.0 if float(np.mean(d)) == 0.0 else 0.0
+    t = float(np.mean(d)) / (std / math.sqrt(d.size))
+    df = d.size - 1
+    return _incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
+
+
+def uncertainty_summary(reports: list[dict | None]) -> dict | None:
+    """Mean and std over seeds of the uncertainty figures of results.json (casd.uncertainty_report),
+    and how many seeds have ū rising with the frame rate; None for models without an uncertainty."""
+    if not reports or any(r is None for r in reports):
+        return None
+    summaries = [r["summary"] for r in reports]
+    out = {name: _stats([s["model"][name] for s in summaries])
+           for name in ("spearman", "pooled_spearman", "confident_half_ratio", "aurc_normalised")}
+    if all("oracle" in s for s in summaries):
+        out["oracle_spearman"] = _stats([s["oracle"]["spearman"] for s in summaries])
+        out["spearman_ratio_to_oracle"] = _stats([s["spearman_ratio_to_oracle"] for s in summaries])
+    out["ubar_rises"] = sum(bool(s["frame_trend"].get("ubar_rises")) for s in summaries)
+    return out
+
+
 def paired_differences(study: dict, reference: str, metric: str) -> dict:
-    """Per-seed differences (reference minus variant) of the frame AUC and the modality mean."""
+    """Per-seed differences (reference minus variant) of the frame AUC and the modality mean,
+    each with the paired t-test's two-sided p-value (``p``)."""
     out = {}
     ref = study["variants"][reference]["aggregate"]
     for name, variant in study["variants"].items():
         if name == reference:
             continue
         agg = variant["aggregate"]
-        out[name] = {
-            "frame_auc": _stats(np.subtract(ref["frame"]["summary"][metric]["auc"]["values"],
-                                            agg["frame"]["summary"][metric]["auc"]["values"]).tolist()),
-            "modality_mean": _stats(np.subtract(ref["modality"]["mean"][metric]["values"],
-                                                agg["modality"]["mean"][metric]["values"]).tolist()),
+        diffs = {
+            "frame_auc": np.subtract(ref["frame"]["summary"][metric]["auc"]["values"],
+                                     agg["frame"]["summary"][metric]["auc"]["values"]).tolist(),
+            "modality_mean": np.subtract(ref["modality"]["mean"][metric]["values"],
+                                         agg["modality"]["mean"][metric]["values"]).tolist(),
         }
+        out[name] = {key: {**_stats(d), "p": paired_t_pvalue(d)} for key, d in diffs.items()}
     return out
 
 
@@ -97,7 +157,8 @@ def build_study(runs: dict[str, dict[int, dict]], descriptions: dict[str, tuple[
                 "per_seed": {str(seed): r["test"] for seed, r in runs[v].items()},
                 "best_epochs": {str(seed): r["selection"]["best_epoch"] for seed, r in runs[v].items()},
                 "valid_scores": {str(seed): r["selection"]["valid_score"] for seed, r in runs[v].items()},
-                "aggregate": aggregate([r["test"] for r in runs[v].values()])}
+                "aggregate": aggregate([r["test"] for r in runs[v].values()]),
+                "uncertainty": uncertainty_summary([r.get("uncertainty") for r in runs[v].values()])}
             for v in variants
         },
     }
@@ -181,9 +242,22 @@ def write_markdown(study: dict, path: Path) -> None:
         lines += ["", f"## Paired differences ({reference} minus variant, {primary}, per seed)", "",
                   "Positive means the reference is higher" + (" (better)." if higher_is_better(primary) else
                                                              " (worse: lower is better for this metric)."), "",
-                  "| variant | frame AUC | modality mean |", "|---|---|---|"]
+                  "p: two-sided paired t-test over the seeds (NaN with one seed; study.json before issue 11: none).",
+                  "", "| variant | frame AUC | p | modality mean | p |", "|---|---|---|---|---|"]
         for name, d in study["paired"]["differences"].items():
-            lines.append(f"| {name} | {_cell(d['frame_auc'], False)} | {_cell(d['modality_mean'], False)} |")
+            lines.append(f"| {name} | {_cell(d['frame_auc'], False)} | {d['frame_auc'].get('p', math.nan):.3f} | "
+                         f"{_cell(d['modality_mean'], False)} | {d['modality_mean'].get('p', math.nan):.3f} |")
+    uncertain = {v: x["uncertainty"] for v, x in study["variants"].items() if x.get("uncertainty")}
+    if uncertain:
+        lines += ["", "## Uncertainty: does ū rank the errors? (test split, formulation §7)", "",
+                  "Mean over the 17 conditions of Spearman(ū, |error|), its ratio to the oracle's on the same "
+                  "errors, the confident-half MAE ratio (mean ± std over seeds), and on how many seeds mean ū "
+                  "rises with the frame missing rate.", "",
+                  "| variant | Spearman | oracle | ratio | confident half | ū rises |", "|---|---|---|---|---|---|"]
+        for v, u in uncertain.items():
+            oracle = [_cell(u[k], False) if k in u else "-" for k in ("oracle_spearman", "spearman_ratio_to_oracle")]
+            lines.append(f"| {v} | {_cell(u['spearman'], False)} | {oracle[0]} | {oracle[1]} | "
+                         f"{_cell(u['confident_half_ratio'], False)} | {u['ubar_rises']}/{len(u['spearman']['values'])} |")
     lines += ["", f"Plot: `{study['plot']}`.", f"Environment: {study['environment']}.", ""]
     path.write_text("\n".join(lines))
 
