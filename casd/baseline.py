@@ -49,7 +49,8 @@ class LateFusionModel(nn.Module):
         super().__init__()
         self.config = config
         self.encoders = ModalityEncoders(
-            config.feature_dims, config.hidden, config.encoder_layers, config.heads, config.dropout
+            config.feature_dims, config.hidden, config.encoder_layers, config.heads, config.dropout,
+            config.frame_scale,
         )
         self.heads = nn.ModuleList(
             nn.Sequential(nn.Linear(config.hidden, config.hidden), nn.GELU(), nn.Dropout(config.dropout),

@@ -39,7 +39,7 @@ from casd.outputs import atomic_write
 from casd.registry import build_model, model_kind
 from casd.serialize import flatten, from_dict
 
-__all__ = ["FORMAT", "RESUME_SAFE", "atomic_save", "run_record", "read_checkpoint", "load_model", "check_resumable",
+__all__ = ["BEFORE_ISSUE_11", "recorded_before_issue_11", "FORMAT", "RESUME_SAFE", "atomic_save", "run_record", "read_checkpoint", "load_model", "check_resumable",
            "check_data_compatible", "recorded_synthetic"]
 
 FORMAT = 2
@@ -156,13 +156,43 @@ def recorded_synthetic(metadata: dict) -> SyntheticConfig | None:
     return from_dict(SyntheticConfig, metadata["synthetic"], where="checkpoint metadata.synthetic")
 
 
+# The fields the issue-11 design added (formulation §8), with the values that reproduce what casd
+# computed before they existed. A run recorded before then ran the first formulation: reading its
+# config with today's defaults would misdescribe it.
+BEFORE_ISSUE_11: dict[str, dict[str, Any]] = {
+    "model": {"frame_scale": False, "availability": "mask", "likelihood": "point"},
+    "objective": {"distill": "mixture", "cd_per_dim": False, "lambda_warmup": 0.0, "task_input": "samples"},
+}
+
+
+def recorded_before_issue_11(data: dict, network: dict | None) -> dict:
+    """A run's recorded config values (RunConfig's JSON form), with the fields it predates set as it ran.
+
+    A run predates them when its recorded network config ``network`` (a checkpoint's
+    model_config) has no ``frame_scale`` (every network config has had it since). Its missing fields then take ``BEFORE_ISSUE_11``, tau_rows = its
+    tau (the one temperature it had), and lambda_cd, tau and the training missing rate the
+    defaults of that time (0.01, 1.0, 0.7). Anything else (a newer run, a hand-written file)
+    is returned as is."""
+    if not isinstance(network, dict) or "frame_scale" in network:
+        return data
+    filled = {name: dict(data.get(name) or {}) for name in ("model", "objective", "train")}
+    for name, values in BEFORE_ISSUE_11.items():
+        filled[name] = {**values, **filled[name]}
+    filled["objective"].setdefault("lambda_cd", 0.01)
+    filled["objective"].setdefault("tau", 1.0)
+    filled["objective"].setdefault("tau_rows", filled["objective"]["tau"])
+    filled["train"].setdefault("missing_rate", 0.7)
+    return {**data, **filled}
+
+
 # --- does a run fit its checkpoint? ---------------------------------------------------------------
 def _config_fields(checkpoint: dict) -> dict[str, Any]:
     """The RunConfig fields a checkpoint records that a resumed run must share."""
     if checkpoint["format"] == 1:
         fields = _config_fields_v1(checkpoint)
     else:
-        fields = flatten({s: checkpoint["config"][s] for s in RESUME_SECTIONS})
+        config = recorded_before_issue_11(checkpoint["config"], checkpoint["model_config"])
+        fields = flatten({s: config[s] for s in RESUME_SECTIONS})
     return {k: v for k, v in fields.items() if k not in RESUME_FREE}
 
 
@@ -181,7 +211,10 @@ def _config_fields_v1(checkpoint: dict) -> dict[str, Any]:
     fields["objective.noise"] = train.pop("noise")
     if kind == "casd":
         fields["objective.lambda_cd"] = objective["lambda_cd"]
-        fields["objective.tau"] = model_config["tau"]
+        fields["objective.tau"] = fields["objective.tau_rows"] = model_config["tau"]
+    # format 1 predates the issue-11 fields: it ran them as BEFORE_ISSUE_11 has them
+    fields.update({f"{section}.{k}": v for section, values in BEFORE_ISSUE_11.items() for k, v in values.items()
+                   if section == "model" or kind == "casd"})
     fields.update({f"train.{k}": v for k, v in train.items()})
     fields["data.dataset"], fields["data.task"] = metadata["dataset"], metadata["task"]
     if metadata.get("synthetic"):

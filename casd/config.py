@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from casd.checkpoint import recorded_before_issue_11
 from casd.data import FRAME_RATES, SyntheticConfig
 from casd.errors import ConfigError
 from casd.evaluate import VALID_SEED_OFFSET, test_conditions, validation_conditions
@@ -83,6 +84,13 @@ class ModelSpec:
     nu_init: float = ModelConfig.nu_init
     weighting: str = ModelConfig.weighting  # casd.vocab.WEIGHTINGS
     distribution: str = ModelConfig.distribution  # casd.vocab.DISTRIBUTIONS
+    # The issue-11 design (formulation §8), chosen on the synthetic validation split; the network
+    # configs keep the first formulation's values as theirs, so that old checkpoints rebuild.
+    frame_scale: bool = True  # the encoders see each frame's log RMS (formulation §2.1)
+    # casd.vocab.AVAILABILITIES. "mask" (the hard availability mask) won on validation over "inputs"
+    # (all 7 components from the zero-filled inputs), which is kept as an ablation (formulation §8).
+    availability: str = "mask"
+    likelihood: str = "laplace"  # casd.vocab.LIKELIHOODS: the Laplace NLL calibrates u (formulation §4)
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -151,7 +159,10 @@ class RunConfig:
 
 
 def load_config(path: str | os.PathLike) -> RunConfig:
-    """The RunConfig in a JSON file: a run's config.json, or a hand-written (partial) one."""
+    """The RunConfig in a JSON file: a run's config.json, or a hand-written (partial) one.
+
+    A run's config.json written before the issue-11 fields existed is read as that run ran
+    (``recorded_before_issue_11``); a hand-written file's missing fields keep today's defaults."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -160,6 +171,8 @@ def load_config(path: str | os.PathLike) -> RunConfig:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--config: {path} is not JSON ({exc})") from exc
     if isinstance(data, dict):
+        record = data.get(RECORD_KEY)
+        data = recorded_before_issue_11(data, record.get("model_config") if isinstance(record, dict) else None)
         data = {k: v for k, v in data.items() if k != RECORD_KEY}
     try:
         return from_dict(RunConfig, data)

@@ -18,7 +18,8 @@ from casd.config import OutputConfig, RunConfig, load_config
 from casd.data.missing import TRAIN_PROTOCOLS
 from casd.errors import ConfigError
 from casd.registry import MODEL_KINDS
-from casd.vocab import AMP_MODES, DATASETS, DISTRIBUTIONS, NOISE_STRATEGIES, TASKS, WEIGHTINGS
+from casd.vocab import (AMP_MODES, AVAILABILITIES, DATASETS, DISTILL_MODES, DISTRIBUTIONS, LIKELIHOODS,
+                        NOISE_STRATEGIES, TASK_INPUTS, TASKS, WEIGHTINGS)
 
 __all__ = ["build_parser", "config_from_argv", "config_from_flags"]
 
@@ -77,12 +78,32 @@ def build_parser(show_defaults: bool = True) -> argparse.ArgumentParser:
                        help="component weights: by confidence, or uniform over the available ones (ablation)")
     model.add_argument("--distribution", choices=DISTRIBUTIONS, default=default(d.model.distribution),
                        help="component family; gaussian fixes nu at 1e4 (ablation)")
+    model.add_argument("--frame-scale", action=argparse.BooleanOptionalAction, default=default(d.model.frame_scale),
+                       help="feed each frame's log RMS beside its LayerNorm-ed features, so the encoders see "
+                       "how reliable a frame is (formulation §2.1)")
+    model.add_argument("--availability", choices=AVAILABILITIES, default=default(d.model.availability),
+                       help="mask: only components whose modalities are all present (hard mask); inputs: all 7 "
+                       "components from what the inputs hold, absent modalities zero-filled (ablation)")
+    model.add_argument("--likelihood", choices=LIKELIHOODS, default=default(d.model.likelihood),
+                       help="laplace: the task loss is the Laplace NLL of y with log-scale u_k + c, which ties "
+                       "the uncertainty to the error; point: plain L1 / cross-entropy (first formulation)")
     obj = p.add_argument_group("objective")
     obj.add_argument("--lambda-cd", type=float, default=default(d.objective.lambda_cd),
                      help="weight of the consistency-distillation loss (0 disables it); the default was tuned "
                      "on the synthetic validation split (docs/study.md)")
     obj.add_argument("--tau", type=float, default=default(d.objective.tau),
-                     help="confidence temperature: of the component weights pi and of the L_cd row weights")
+                     help="confidence temperature of the component weights pi = softmax(-u / tau)")
+    obj.add_argument("--tau-rows", type=float, default=default(d.objective.tau_rows),
+                     help="temperature of the L_cd row weights w_b = B softmax_b(-ubar_b / tau_rows)")
+    obj.add_argument("--distill", choices=DISTILL_MODES, default=default(d.objective.distill),
+                     help="L_cd per component (each student component towards its teacher component) or between "
+                     "the two mixtures (first formulation)")
+    obj.add_argument("--cd-per-dim", action=argparse.BooleanOptionalAction, default=default(d.objective.cd_per_dim),
+                     help="L_cd in nats per embedding dimension (divided by D)")
+    obj.add_argument("--lambda-warmup", type=float, default=default(d.objective.lambda_warmup),
+                     help="fraction of training over which lambda_cd ramps up linearly from 0")
+    obj.add_argument("--task-input", choices=TASK_INPUTS, default=default(d.objective.task_input),
+                     help="the task loss scores f(mu_k), as predicted (mean), or f of the samples (first formulation)")
     obj.add_argument("--samples", type=int, default=default(d.objective.num_samples),
                      help="S reparameterised samples per component")
     obj.add_argument("--fused", action="store_true", default=default(False),
@@ -146,8 +167,16 @@ FLAGS: dict[str, tuple[str, Callable[[Any], dict[str, Any]]]] = {
     "dropout": ("model", lambda v: {"dropout": v}),
     "weighting": ("model", lambda v: {"weighting": v}),
     "distribution": ("model", lambda v: {"distribution": v}),
+    "frame_scale": ("model", lambda v: {"frame_scale": v}),
+    "availability": ("model", lambda v: {"availability": v}),
+    "likelihood": ("model", lambda v: {"likelihood": v}),
     "lambda_cd": ("objective", lambda v: {"lambda_cd": v}),
     "tau": ("objective", lambda v: {"tau": v}),
+    "tau_rows": ("objective", lambda v: {"tau_rows": v}),
+    "distill": ("objective", lambda v: {"distill": v}),
+    "cd_per_dim": ("objective", lambda v: {"cd_per_dim": v}),
+    "lambda_warmup": ("objective", lambda v: {"lambda_warmup": v}),
+    "task_input": ("objective", lambda v: {"task_input": v}),
     "samples": ("objective", lambda v: {"num_samples": v}),
     "fused": ("objective", lambda on: {"backend": "triton"} if on else {}),
     "noise": ("objective", lambda v: {"noise": v}),

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from casd.encoders import ModalityEncoders
-from casd.kernels import StudentTMixture
+from casd.kernels import StudentTMixture, uncertainty
 from casd.layers import CombinationEmbedding, ConfidenceMixture, StudentTHead
 from casd.modalities import MODALITIES, component_availability
-from casd.vocab import DISTRIBUTIONS, WEIGHTINGS
+from casd.vocab import AVAILABILITIES, DISTRIBUTIONS, LIKELIHOODS, WEIGHTINGS
 
 __all__ = ["EncoderConfig", "ModelConfig", "CASDModel", "Prediction", "GAUSSIAN_NU"]
 
@@ -31,6 +31,10 @@ class EncoderConfig:
     encoder_layers: int = 1
     heads: int = 4
     dropout: float = 0.1
+    # Feed each frame's log RMS beside its LayerNorm-ed features (formulation §2.1). The network
+    # configs default to the first formulation, so that checkpoints written before the field
+    # existed rebuild as they were; a run's defaults are casd.config.ModelSpec's.
+    frame_scale: bool = False
 
     def __post_init__(self) -> None:
         self.feature_dims = tuple(int(d) for d in self.feature_dims)
@@ -58,9 +62,15 @@ class ModelConfig(EncoderConfig):
     tau: float = 1.0  # temperature of pi; a run sets it from ObjectiveConfig.tau (RunConfig.network_config)
     weighting: str = "confidence"  # or "uniform" (ablation)
     distribution: str = "student_t"  # or "gaussian" (ablation)
+    availability: str = "mask"  # casd.vocab.AVAILABILITIES (formulation §2.2)
+    likelihood: str = "point"  # casd.vocab.LIKELIHOODS: "laplace" adds the scale offset c (formulation §4)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.availability not in AVAILABILITIES:
+            raise ValueError(f"availability must be one of {AVAILABILITIES}, got {self.availability!r}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {self.distribution!r}")
         if self.weighting not in WEIGHTINGS:
@@ -94,7 +104,8 @@ class CASDModel(nn.Module):
         super().__init__()
         self.config = config
         self.encoders = ModalityEncoders(
-            config.feature_dims, config.hidden, config.encoder_layers, config.heads, config.dropout
+            config.feature_dims, config.hidden, config.encoder_layers, config.heads, config.dropout,
+            config.frame_scale,
         )
         self.combine = CombinationEmbedding(config.hidden, config.dropout)
         self.head = StudentTHead(
@@ -111,6 +122,21 @@ class CASDModel(nn.Module):
             nn.Dropout(config.dropout),
             nn.Linear(config.hidden, config.output_dim),
         )
+        if config.likelihood == "laplace":
+            # c in log b_k = u_k + c (formulation §4). u is the entropy per dimension, which fixes
+            # the spread of y only up to a scale: c is that scale. It starts where a unit-scale
+            # component with nu = nu_init has b = 1, so the loss starts as the plain L1 loss (c = 0
+            # gives b ~ 4.8 at init, a ~5x smaller gradient on f: training sat on a plateau for 5
+            # epochs in the issue-11 notebook, run e01).
+            nu0 = GAUSSIAN_NU if config.distribution == "gaussian" else config.nu_init
+            u0 = uncertainty(torch.tensor([[nu0]]), torch.zeros(1, 1, config.embed_dim))
+            self.error_log_scale = nn.Parameter(-u0.reshape(()).clone())
+
+    def error_log_scale_of(self, mixture: StudentTMixture) -> torch.Tensor:
+        """log b_k = u_k + c [B, K]: the Laplace scale of y under each component (likelihood "laplace")."""
+        if self.config.likelihood != "laplace":
+            raise ValueError("error_log_scale_of needs a model built with likelihood='laplace'")
+        return mixture.component_uncertainty() + self.error_log_scale
 
     def modality_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[B, 3, H]: one utterance vector per modality."""
@@ -120,7 +146,11 @@ class CASDModel(nn.Module):
         """The per-sample Student-t mixture p(z | x); absent combinations get weight zero."""
         g = self.combine(self.modality_vectors(batch))
         mu, log_sigma, nu = self.head(g)
-        return self.mixture(mu, log_sigma, nu, component_availability(batch["present"]))
+        if self.config.availability == "inputs":  # all 7 from what the inputs hold (formulation §2.2)
+            available = torch.ones(mu.shape[:2], dtype=torch.bool, device=mu.device)
+        else:
+            available = component_availability(batch["present"])
+        return self.mixture(mu, log_sigma, nu, available)
 
     def predict_from_mixture(self, mixture: StudentTMixture) -> Prediction:
         """y_hat = sum_k pi_k f(mu_k), with the uncertainty ubar and the weights pi."""

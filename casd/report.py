@@ -14,7 +14,7 @@ from casd.metrics import higher_is_better  # noqa: E402
 from casd.modalities import COMBINATION_NAMES  # noqa: E402
 from casd.outputs import atomic_write  # noqa: E402
 
-__all__ = ["headline_metrics", "format_table", "plot_robustness", "metric_name", "axis_label", "model_label",
+__all__ = ["headline_metrics", "format_table", "format_uncertainty_table", "plot_robustness", "metric_name", "axis_label", "model_label",
            "describe_source", "combination_label", "save_figure"]
 
 _HEADLINE = {
@@ -100,13 +100,78 @@ def format_table(summary: dict, names: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-def plot_robustness(summary: dict, names: tuple[str, ...], path: Path, title: str = "") -> list[Path]:
+# Columns of the uncertainty table (casd.uncertainty_report): Spearman(ubar, |error|) (higher is
+# better), normalised excess AURC (0 ideal, 1 a coin), MAE of the most confident half / all.
+_UNCERTAINTY_COLUMNS = {"spearman": "rho", "aurc_normalised": "nAURC", "confident_half_ratio": "half"}
+
+
+def format_uncertainty_table(uncertainty: dict) -> str:
+    """Per condition the model's uncertainty figures and mean ubar, the oracle's beside them (synthetic
+    data), the means, the ratio to the oracle and whether mean ubar rises with the frame rate."""
+    has_oracle = "oracle" in uncertainty["summary"]
+    sources = ("model", "oracle") if has_oracle else ("model",)
+    header = f"{'condition':<14}" + "".join(f"{s + ' ' + c:>13}" for s in sources for c in _UNCERTAINTY_COLUMNS.values())
+    header += f"{'mean ubar':>11}"
+    lines = ["uncertainty: does ubar rank the errors? (rho = Spearman(ubar, |error|), higher is better; "
+             "nAURC 0 ideal, 1 coin; half = MAE of the most confident half / all)", header, "-" * len(header)]
+    for name, entry in uncertainty["conditions"].items():
+        lines.append(f"{name:<14}" + "".join(f"{entry[s][c]:>13.4f}" for s in sources for c in _UNCERTAINTY_COLUMNS)
+                     + f"{entry['model']['mean_uncertainty']:>11.4f}")
+    summary = uncertainty["summary"]
+    lines.append(f"{'mean':<14}" + "".join(f"{summary[s][c]:>13.4f}" for s in sources for c in _UNCERTAINTY_COLUMNS))
+    pooled = f"pooled Spearman over all conditions: model {summary['model']['pooled_spearman']:.4f}"
+    if has_oracle:
+        pooled += (f", oracle {summary['oracle']['pooled_spearman']:.4f}; mean Spearman model / oracle "
+                   f"{summary['spearman_ratio_to_oracle']:.3f}")
+    lines.append(pooled)
+    trend = summary["frame_trend"]
+    if trend:
+        lines.append(f"mean ubar vs frame missing rate: slope {trend['slope']:+.4f}, Spearman "
+                     f"{trend['spearman_rate_uncertainty']:+.3f} -> {'rises' if trend['ubar_rises'] else 'does not rise'}")
+    return "\n".join(lines)
+
+
+def _plot_uncertainty(axes: list, uncertainty: dict) -> None:
+    """Two panels: Spearman(ubar, |error|) per condition (model, and the oracle on the same errors),
+    and mean ubar against the frame missing rate."""
+    conditions = uncertainty["conditions"]
+    frame = [n for n in conditions if n.startswith("frame_")]
+    modality = [n for n in conditions if n.startswith("modality_")]
+    names = frame + modality
+    ax = axes[0]
+    sources = [("model", "C0", "model ubar")] + ([("oracle", "C1", "oracle Var(s|x)")] if "oracle" in uncertainty["summary"] else [])
+    for source, color, label in sources:
+        ax.plot(range(len(names)), [conditions[n][source]["spearman"] for n in names], "o", markersize=4,
+                color=color, label=label)
+    ax.axhline(0.0, color="0.5", linewidth=0.8)
+    ax.set_xticks(range(len(names)), [n.split("_", 1)[1] if n in frame else combination_label(n.split("_", 1)[1])
+                                      for n in names], fontsize=6, rotation=90)
+    ax.set_xlabel("condition (frame rate r; modalities present)")
+    ax.set_ylabel("Spearman(uncertainty, |error|)\n(higher is better)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    trend = uncertainty["summary"]["frame_trend"]
+    ax = axes[1]
+    if trend:
+        ax.plot(trend["rates"], trend["mean_uncertainty"], marker="o", markersize=4, linewidth=1, color="C0")
+        ax.set_xticks([round(0.2 * i, 1) for i in range(5)])
+    ax.set_xlabel("frame-level missing rate r")
+    ax.set_ylabel("mean ubar (should rise with r)")
+    ax.ticklabel_format(axis="y", useOffset=False)
+    ax.grid(alpha=0.3)
+
+
+def plot_robustness(summary: dict, names: tuple[str, ...], path: Path, title: str = "",
+                    uncertainty: dict | None = None) -> list[Path]:
     """One run's test metrics: each headline metric against the frame-level missing rate, and
     the first of ``names`` for each set of present modalities. Dots are the measured
     conditions (one run: no error bars); the y-axes start where the data do, and each label
-    says which direction is better. Writes PNG and PDF."""
+    says which direction is better. With ``uncertainty`` (casd.uncertainty_report) two more
+    panels: Spearman(ubar, |error|) per condition beside the oracle's, and mean ubar against r.
+    Writes PNG and PDF."""
     panels = [("frame", name) for name in names if "frame" in summary]
     panels += [("modality", names[0])] if "modality" in summary else []
+    panels += [("uncertainty", ""), ("uncertainty", "")] if uncertainty is not None else []
     columns = min(len(panels), 3)
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.0 * columns, 3.2 * rows + 0.4), squeeze=False,
@@ -114,7 +179,11 @@ def plot_robustness(summary: dict, names: tuple[str, ...], path: Path, title: st
     axes = list(axes.flat)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
+    if uncertainty is not None:
+        _plot_uncertainty(axes[len(panels) - 2:len(panels)], uncertainty)
     for ax, (protocol, name) in zip(axes, panels):
+        if protocol == "uncertainty":
+            continue
         if protocol == "frame":
             frame = summary["frame"]
             ax.plot(frame["rates"], frame["metrics"][name], marker="o", markersize=4, linewidth=1, color="C0")

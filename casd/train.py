@@ -36,9 +36,11 @@ from casd.outputs import (RESULT_FILES, check_output_dir, prepare_output_dir, re
 from casd.predictions import save_predictions
 from casd.provenance import arrays_sha256, file_sha256, provenance
 from casd.registry import build_model, build_objective
-from casd.report import describe_source, format_table, headline_metrics, model_label, plot_robustness
+from casd.report import (describe_source, format_table, format_uncertainty_table, headline_metrics, model_label,
+                         plot_robustness)
 from casd.serialize import to_dict
 from casd.trainer import Trainer
+from casd.uncertainty_report import synthetic_oracle, uncertainty_report
 from casd.vocab import SPLITS
 
 __all__ = ["run", "main", "load_splits", "describe_data", "build_model_and_objective", "save_predictions"]
@@ -168,12 +170,17 @@ def run(config: RunConfig) -> dict:
                                   task, device, config.train.eval_batch_size, trainer.amp_dtype,
                                   context=context)
     summary = summarise(results)
+    # Does ubar rank the errors? The oracle's figures beside the model's on synthetic data (formulation §7).
+    oracle = synthetic_oracle(config.data.synthetic if config.data.path is None else None, "test",
+                              [r.condition for r in results])
+    uncertainty = uncertainty_report(results, task, oracle)
     report = {
         "config": snapshot,
         "selection": {"metric": selection, "best_epoch": state.best_epoch, "valid_score": state.best_score,
                       "valid_conditions": [asdict(c) for c in valid_conditions]},
         "history": state.history,
         "test": summary,
+        "uncertainty": uncertainty,
         "provenance": origin,
         "environment": {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
                         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
@@ -183,12 +190,15 @@ def run(config: RunConfig) -> dict:
     report = strict_json(report)  # undefined metrics (NaN) are null, in the file and for callers
     if context.is_main:
         table = format_table(summary, names)
+        if uncertainty is not None:
+            table += "\n\n" + format_uncertainty_table(uncertainty)
         print("\n" + table + "\n", flush=True)
         # Atomic writes, results.json last: it marks a finished run (casd.outputs).
         write_text(out_dir / "results.txt", table + "\n")
         save_predictions(out_dir / "predictions.npz", results, splits["test"].ids)
         plot_robustness(summary, names, out_dir / "robustness.png",
-                        title=f"{model_label(config.model.kind)} on {describe_source(source)}, test split")
+                        title=f"{model_label(config.model.kind)} on {describe_source(source)}, test split",
+                        uncertainty=uncertainty)
         write_json(out_dir / "results.json", report)
         log.info("wrote %s (results.json, results.txt, predictions.npz, robustness.png/.pdf, best.pt) in %.0fs",
                  out_dir, report["seconds"])

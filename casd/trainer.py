@@ -55,8 +55,10 @@ class TrainConfig:
     seed: int = 1111
     amp: str = "auto"  # bf16 | fp16 | off | auto (bf16 on capable GPUs, fp16 on older ones, off on CPU)
     missing_protocol: str = "mixed"  # training missingness: frame | modality | mixed
-    # Chosen on the synthetic validation split over 3 seeds (0.3, 0.5, 0.7, 0.9; docs/study.md).
-    missing_rate: float = 0.7
+    # 0.7 was chosen for the first formulation on the synthetic validation split over 3 seeds
+    # (0.3, 0.5, 0.7, 0.9; docs/study.md); with the issue-11 design 0.9 lowered the validation
+    # MAE (0.751 -> 0.740, seed 1111) and lets training see the test sweep's r = 0.9 (formulation §8).
+    missing_rate: float = 0.9
     eval_batch_size: int = 256
     # Steps skipped in a row (non-finite loss or gradients) before the run stops with a
     # DivergenceError; the skipped steps are counted per epoch in the history either way.
@@ -202,7 +204,10 @@ class Trainer:
         steps = skipped = 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{self.config.epochs}", leave=False,
                    disable=not (self.config.progress and self.context.is_main), dynamic_ncols=True)
-        for batch in bar:
+        set_progress = getattr(self.objective, "set_progress", None)  # the lambda_cd warm-up reads it
+        for step, batch in enumerate(bar):
+            if set_progress is not None:
+                set_progress(((epoch - 1) * len(loader) + step) / (self.config.epochs * len(loader)))
             # Every rank draws the whole global batch's student view (same generator, same
             # order), then keeps its own rows: missingness does not depend on the rank.
             full = batch_to(batch, self.device)

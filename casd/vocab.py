@@ -11,7 +11,8 @@ This module imports nothing from casd, so every layer may use it.
 """
 from __future__ import annotations
 
-__all__ = ["TASKS", "DATASETS", "SPLITS", "NOISE_STRATEGIES", "AMP_MODES", "WEIGHTINGS", "DISTRIBUTIONS"]
+__all__ = ["TASKS", "DATASETS", "SPLITS", "NOISE_STRATEGIES", "AMP_MODES", "WEIGHTINGS", "DISTRIBUTIONS",
+           "AVAILABILITIES", "LIKELIHOODS", "DISTILL_MODES", "TASK_INPUTS"]
 
 # What the labels are: a sentiment score (L1 loss, MMSA regression metrics) or class ids
 # (cross-entropy, accuracy / F1; IEMOCAP-style `classification_labels`).
@@ -36,3 +37,20 @@ WEIGHTINGS: tuple[str, ...] = ("confidence", "uniform")
 
 # Component family: Student-t (formulation §2.3) or Gaussian (nu fixed very large; ablation).
 DISTRIBUTIONS: tuple[str, ...] = ("student_t", "gaussian")
+
+# Which components a sample has (formulation §2.2): "mask" = only those whose modalities are all
+# present (the hard availability mask); "inputs" = all 7, computed from what the inputs hold
+# (an absent modality is zero-filled, as in MMSA's data).
+AVAILABILITIES: tuple[str, ...] = ("mask", "inputs")
+
+# What the task loss scores (formulation §4): "point" = L1 / cross-entropy of f(.); "laplace" =
+# the negative log-likelihood of y under Laplace(f(.), b_k), log b_k = u_k + c (calibrates u).
+LIKELIHOODS: tuple[str, ...] = ("point", "laplace")
+
+# L_cd (formulation §4): "mixture" = KL between the teacher's and the student's mixtures (first
+# formulation); "component" = mean over components of KL(teacher_k || student_k).
+DISTILL_MODES: tuple[str, ...] = ("mixture", "component")
+
+# What the task loss applies f to (formulation §4): "samples" z_kq (first formulation) or "mean"
+# mu_k, which is what prediction uses.
+TASK_INPUTS: tuple[str, ...] = ("samples", "mean")

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from casd.distillation import GlobalBatchDistillation, distillation_loss
+from casd.distillation import ComponentDistillation, GlobalBatchDistillation, distillation_loss
 from casd.distributed import DistContext, loss_scale
 from casd.layers import ConsistencyDistillationLoss
 from casd.sampler import Sampler, row_keys
@@ -90,9 +90,11 @@ class RecordedRanks(DistContext):
         return self.gathered
 
 
-def test_shard_losses_average_to_the_global_batch_gradient():
+@pytest.mark.parametrize("mode", ["mixture", "component"])
+def test_shard_losses_average_to_the_global_batch_gradient(mode):
     """Scaled shard losses (loss_scale), averaged as DDP does, give the full-batch gradient,
-    including L_cd's global-batch row weights; with per-shard row weights they would not."""
+    including L_cd's global-batch row weights; with per-shard row weights they would not.
+    Both forms of L_cd (formulation §4): the mixture KL and the per-component KL."""
     tau, rows, cut = 0.1, 11, 6  # uneven shards: 6 and 5 rows
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
@@ -101,9 +103,14 @@ def test_shard_losses_average_to_the_global_batch_gradient():
     present = torch.rand(rows, 3, generator=gen) < 0.5
     present[torch.arange(rows), torch.randint(0, 3, (rows,), generator=gen)] = True
     student = {**teacher, "present": present}
-    objective = CASDObjective(ObjectiveConfig(num_samples=3, lambda_cd=10.0, tau=tau, noise="sample"))
-    assert type(objective.distill) is ConsistencyDistillationLoss  # one process: the plain layer
-    assert type(distillation_loss(tau, context=RecordedRanks(0, 2))) is GlobalBatchDistillation
+    objective = CASDObjective(ObjectiveConfig(num_samples=3, lambda_cd=10.0, tau=tau, tau_rows=tau, noise="sample",
+                                              distill=mode, cd_per_dim=False, task_input="samples"))
+    local = ConsistencyDistillationLoss if mode == "mixture" else ComponentDistillation
+    assert type(objective.distill) is local  # one process: no global-batch rescaling
+    assert type(distillation_loss(tau, context=RecordedRanks(0, 2), mode=mode)) is (
+        GlobalBatchDistillation if mode == "mixture" else ComponentDistillation)
+    if mode == "component":  # the per-component KL is zero on modality-only differences (hard mask)
+        student["text"] = teacher["text"] * (torch.rand(rows, teacher["text"].shape[1], 1, generator=gen) > 0.5)
     params = [p for p in model.parameters()]
 
     def gradient(rows_: slice, distill, scale: float) -> list[torch.Tensor]:
@@ -112,7 +119,7 @@ def test_shard_losses_average_to_the_global_batch_gradient():
         loss = objective(model, part(teacher), part(student), noise_seed=3).total * scale
         return torch.autograd.grad(loss, params, allow_unused=True)
 
-    full = gradient(slice(0, rows), ConsistencyDistillationLoss(tau), 1.0)
+    full = gradient(slice(0, rows), local(tau), 1.0)
     shards = [slice(0, cut), slice(cut, rows)]
     with torch.no_grad():
         ubar = [model({k: v[s] for k, v in teacher.items()}).mean_uncertainty() for s in shards]
@@ -122,7 +129,10 @@ def test_shard_losses_average_to_the_global_batch_gradient():
         total = None
         for rank, rows_ in enumerate(shards):
             context = RecordedRanks(rank, 2, gathered=gathered)
-            distill = GlobalBatchDistillation(tau, context=context) if global_weights else ConsistencyDistillationLoss(tau)
+            if mode == "component":
+                distill = ComponentDistillation(tau, context=context) if global_weights else ComponentDistillation(tau)
+            else:
+                distill = GlobalBatchDistillation(tau, context=context) if global_weights else ConsistencyDistillationLoss(tau)
             grads = gradient(rows_, distill, loss_scale(rows_.stop - rows_.start, rows, context))
             grads = [torch.zeros_like(p) if g is None else g / 2 for g, p in zip(grads, params)]  # DDP: mean
             total = grads if total is None else [a + b for a, b in zip(total, grads)]

@@ -8,7 +8,7 @@ from casd.kernels import mixture_logpdf_reference, uncertainty
 from casd.layers import CombinationEmbedding, ConfidenceMixture, StudentTHead
 from casd.model import GAUSSIAN_NU, CASDModel, ModelConfig
 from casd.modalities import COMBINATIONS, component_availability
-from casd.objective import CASDObjective, ObjectiveConfig, concat_views, task_loss
+from casd.objective import FIRST_FORMULATION, CASDObjective, ObjectiveConfig, concat_views, task_loss
 
 DIMS = (12, 5, 7)
 
@@ -134,10 +134,11 @@ def test_objective_breakdown_and_gradients():
 
 
 def test_distillation_term_is_a_kl_estimate():
-    """Identical teacher and student views give L_cd = 0 exactly; different views give > 0 on average."""
+    """Identical teacher and student views give L_cd = 0 exactly; different views give > 0 on average
+    (the first formulation's mixture KL; the per-component L_cd: tests/test_design_options.py)."""
     torch.manual_seed(3)
     model = CASDModel(ModelConfig(DIMS, hidden=16, embed_dim=6, heads=2, dropout=0.0))
-    objective = CASDObjective(ObjectiveConfig(num_samples=8, lambda_cd=1.0))
+    objective = CASDObjective(ObjectiveConfig(**{**FIRST_FORMULATION, "num_samples": 8, "lambda_cd": 1.0}))
     teacher = random_batch(16)
     assert objective(model, teacher, teacher).distillation.abs() < 1e-4
     only_audio = torch.tensor([[False, True, False]] * 16)
@@ -153,7 +154,7 @@ def test_distillation_matches_reference_formula():
     mixture = model(concat_views(teacher, student))
     t, s = mixture[:5].detach(), mixture[5:]
     samples = t.rsample(4, seed=7)
-    loss = CASDObjective(ObjectiveConfig(num_samples=4)).distill(t, s, samples)
+    loss = CASDObjective(ObjectiveConfig(**{**FIRST_FORMULATION, "num_samples": 4})).distill(t, s, samples)
     points = samples.reshape(5, 28, 6)
     omega = (t.weights / 4).repeat_interleave(4, 1)
     ubar = (t.weights * uncertainty(t.nu, t.log_sigma)).sum(1)

@@ -58,7 +58,7 @@ def test_json_output_records_the_training_setup_and_metrics(runs, tmp_path):
                     "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["trained_on"] == {"source": "synthetic(seed=0)", "dataset": "mosi", "task": "regression",
-                                    "feature_dims": [64, 16, 24], "missing_protocol": "mixed", "missing_rate": 0.7}
+                                    "feature_dims": [64, 16, 24], "missing_protocol": "mixed", "missing_rate": 0.9}
     assert report["condition"] == "none" and len(report["predictions"]) == 48
     predictions = np.array([p["prediction"] for p in report["predictions"]])
     labels = np.array([p["label"] for p in report["predictions"]])

@@ -123,7 +123,7 @@ def test_aggregate_gives_mean_and_sample_std_of_every_metric_and_condition():
     diff = paired_differences(study_, "casd", "MAE")["other"]["frame_auc"]
     aucs = np.array([s["frame"]["summary"]["MAE"]["auc"] for s in summaries])
     np.testing.assert_allclose(diff["values"], aucs - aucs[::-1])
-    assert diff["p_value"] == pytest.approx(sign_flip_p_value(aucs - aucs[::-1]))
+    assert diff["p_sign_flip"] == pytest.approx(sign_flip_p_value(aucs - aucs[::-1]))
 
 
 def test_sign_flip_p_value_by_hand_and_against_scipy():
@@ -226,7 +226,7 @@ def test_study_over_data_seeds_pairs_runs_and_reports_p_values(tmp_path):
     per_run = report["variants"]["casd"]["per_seed"]
     assert per_run["0/3"]["frame"]["metrics"] != per_run["1/3"]["frame"]["metrics"]  # other data, other numbers
     diff = report["paired"]["differences"]["no_distill"]["frame_auc"]
-    assert len(diff["values"]) == 2 and diff["p_value"] == pytest.approx(sign_flip_p_value(diff["values"]))
+    assert len(diff["values"]) == 2 and diff["p_sign_flip"] == pytest.approx(sign_flip_p_value(diff["values"]))
     markdown = (out / "study.md").read_text()
     assert "sign-flip" in markdown and "data sets with seeds 0, 1 (2 runs per variant)" in markdown
     assert study([*command, "--report-only"]) == 0  # the layout is found again
@@ -274,6 +274,13 @@ def test_runs_written_before_run_config_are_reused_by_their_recorded_flags(tmp_p
     (out / "results.json").write_text(json.dumps({"config": {"args": args}, "test": {"marker": 2}}))
     tiny = ["--synthetic-samples", "64", "32", "48", "--epochs", "1", "--hidden", "16", "--heads", "2",
             "--embed-dim", "8"]
+    # It ran the first formulation: today's defaults are another run (formulation §8) ...
+    with pytest.raises(ConfigError, match="objective.distill"):
+        run_one(run_config(config_from_argv([*STUDY_DEFAULTS, *tiny]), "casd", 7, out), report_only=True)
+    # ... and the first formulation's flags reuse it.
+    first = ["--no-frame-scale", "--likelihood", "point", "--tau", "1", "--tau-rows", "1", "--lambda-cd", "0.01",
+             "--distill", "mixture", "--no-cd-per-dim", "--task-input", "samples", "--missing-rate", "0.7"]
+    tiny += first
     config = run_config(config_from_argv([*STUDY_DEFAULTS, *tiny]), "casd", 7, out)
     assert run_one(config, report_only=True)["test"] == {"marker": 2}
     with pytest.raises(ConfigError, match="model.hidden"):

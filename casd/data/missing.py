@@ -55,26 +55,37 @@ def _frame_keep(valid: np.ndarray, rate: float, seed: int) -> np.ndarray:
     return (np.random.RandomState(seed).uniform(size=valid.shape) > rate) & valid
 
 
-def frame_missing(split: Split, rate: float, seed: int | tuple[int, int, int]) -> Split:
-    """Drop each valid frame of each modality with probability `rate` (MMSA `generate_m`)."""
+def _text_mask(split: Split) -> np.ndarray:
+    """[N, Lt] float: the `text_bert` mask row, or `t < text_lengths` without it."""
+    if split.text_bert is not None:
+        return split.text_bert[:, 1, :]
+    return _valid(split.text_lengths, split.text.shape[1]).astype(np.float32)
+
+
+def frame_keep_masks(split: Split, rate: float, seed: int | tuple[int, int, int]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The frames `frame_missing` keeps: bool [N, L_m] per modality, True on kept valid frames."""
     rate = _check_rate(rate)
     seeds = _check_seeds(seed)
-    n, text_len = split.text.shape[:2]
-    text_mask = (split.text_bert[:, 1, :] if split.text_bert is not None
-                 else _valid(split.text_lengths, text_len).astype(np.float32))
-    keep = _frame_keep(text_mask > 0, rate, seeds[0])
-    has_text = split.text_lengths > 0
-    rows = np.flatnonzero(has_text)
+    keep = _frame_keep(_text_mask(split) > 0, rate, seeds[0])
+    rows = np.flatnonzero(split.text_lengths > 0)
     keep[rows, 0] = keep[rows, split.text_lengths[rows] - 1] = True  # [CLS] / [SEP] survive
+    audio = _frame_keep(_valid(split.audio_lengths, split.audio.shape[1]), rate, seeds[1])
+    vision = _frame_keep(_valid(split.vision_lengths, split.vision.shape[1]), rate, seeds[2])
+    return keep, audio, vision
+
+
+def frame_missing(split: Split, rate: float, seed: int | tuple[int, int, int]) -> Split:
+    """Drop each valid frame of each modality with probability `rate` (MMSA `generate_m`)."""
+    keep, audio_keep, vision_keep = frame_keep_masks(split, rate, seed)
     text = split.text * keep[..., None]
     text_bert = None
     if split.text_bert is not None:
+        text_mask = _text_mask(split)
         text_bert = split.text_bert.copy()
         text_bert[:, 0, :] = keep * split.text_bert[:, 0, :] + UNK_ID * (text_mask - keep)
-    audio = split.audio * _frame_keep(_valid(split.audio_lengths, split.audio.shape[1]),
-                                      rate, seeds[1])[..., None]
-    vision = split.vision * _frame_keep(_valid(split.vision_lengths, split.vision.shape[1]),
-                                        rate, seeds[2])[..., None]
+    audio = split.audio * audio_keep[..., None]
+    vision = split.vision * vision_keep[..., None]
     return split.replace(text=text.astype(np.float32), text_bert=text_bert,
                          audio=audio.astype(np.float32), vision=vision.astype(np.float32))
 
@@ -138,6 +149,18 @@ def apply_condition(split: Split, condition: EvalCondition) -> tuple[Split, np.n
         present = np.ones((split.num_samples, len(MODALITIES)), dtype=bool)
         return frame_missing(split, condition.rate, condition.seed), present
     return modality_missing(split, condition.combination)
+
+
+def condition_keep_masks(split: Split, condition: EvalCondition) -> tuple[np.ndarray, ...]:
+    """Bool [N, L_m] per modality: the valid frames that carry data under `condition` (frames
+    a frame condition drops and every frame of a modality a modality condition removes are
+    False). What an observer of the degraded inputs can see, e.g. for the synthetic oracle."""
+    if condition.protocol == "frame":
+        return frame_keep_masks(split, condition.rate, condition.seed)
+    presence = presence_from_name(condition.combination)
+    valid = (_text_mask(split) > 0, _valid(split.audio_lengths, split.audio.shape[1]),
+             _valid(split.vision_lengths, split.vision.shape[1]))
+    return tuple(v & present for v, present in zip(valid, presence))
 
 
 def draw_kept_modalities(present: torch.Tensor, drop_rate: float,

@@ -100,21 +100,32 @@ class SyntheticConfig:
 
 
 @dataclass(frozen=True)
-class _Structure:
+class PlantedStructure:
     """Data-set-wide constants: two orthonormal sentiment directions per modality, [CLS]/[SEP]."""
 
-    directions: tuple[np.ndarray, ...]  # per modality [2, F]
+    directions: tuple[np.ndarray, ...]  # per modality [2, F]: rows u_m (cos part), v_m (sin part)
     cls: np.ndarray  # [Ft]
     sep: np.ndarray  # [Ft]
 
 
-def _structure(config: SyntheticConfig, rng: np.random.Generator) -> _Structure:
+def _structure(config: SyntheticConfig, rng: np.random.Generator) -> PlantedStructure:
     directions = []
     for dim in (config.text_dim, config.audio_dim, config.vision_dim):
         q, _ = np.linalg.qr(rng.standard_normal((dim, 2)))
         directions.append(q.T.astype(np.float32))
     cls, sep = rng.standard_normal((2, config.text_dim)).astype(np.float32)
-    return _Structure(tuple(directions), cls, sep)
+    return PlantedStructure(tuple(directions), cls, sep)
+
+
+def _streams(config: SyntheticConfig) -> tuple[np.random.SeedSequence, list[np.random.SeedSequence]]:
+    structure_seq, *split_seqs = np.random.SeedSequence(config.seed).spawn(1 + len(SPLITS))
+    return structure_seq, split_seqs
+
+
+def planted_structure(config: SyntheticConfig = SyntheticConfig()) -> PlantedStructure:
+    """The directions and [CLS]/[SEP] vectors ``generate_synthetic(config)`` plants (for analysis:
+    the oracle's posterior mean needs them); drawn from the same stream, so they match exactly."""
+    return _structure(config, np.random.default_rng(_streams(config)[0]))
 
 
 def _speakers(n: int, mean_clips: float, rng: np.random.Generator) -> np.ndarray:
@@ -146,7 +157,7 @@ def _sequence(s, lengths, max_len, direction, signal, offset, sigma, rng, inner=
     return x.astype(np.float32)
 
 
-def _split(config: SyntheticConfig, structure: _Structure, n: int, first_speaker: int,
+def _split(config: SyntheticConfig, structure: PlantedStructure, n: int, first_speaker: int,
            rng: np.random.Generator) -> tuple[dict, int]:
     s = rng.normal(0.0, config.label_scale, size=n)
     ratings = np.rint(np.clip(s[:, None] + rng.normal(0.0, config.annotator_noise,
@@ -202,8 +213,7 @@ def _split(config: SyntheticConfig, structure: _Structure, n: int, first_speaker
 
 def generate_synthetic(config: SyntheticConfig = SyntheticConfig()) -> dict[str, dict]:
     """A raw MMSA-format dict {train, valid, test}; identical arrays for an identical config."""
-    structure_seq, *split_seqs = np.random.SeedSequence(config.seed).spawn(1 + len(SPLITS))
-    structure = _structure(config, np.random.default_rng(structure_seq))
+    structure, (_, split_seqs) = planted_structure(config), _streams(config)
     data, first_speaker = {}, 0
     for name, seq in zip(SPLITS, split_seqs):  # own stream per split: sizes don't leak across
         data[name], first_speaker = _split(config, structure, config.split_sizes[name],

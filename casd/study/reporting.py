@@ -5,6 +5,7 @@ gathers them into study.json's dict, and ``write_markdown`` / ``plot_study`` ren
 """
 from __future__ import annotations
 
+import math
 import platform
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from casd.report import (axis_label, combination_label, describe_source, headlin
                          metric_name, save_figure)
 from casd.study.running import VARIANTS  # noqa: E402
 
-__all__ = ["aggregate", "sign_flip_p_value", "paired_differences", "advantages", "build_study", "protocol_tables", "summary_table",
+__all__ = ["aggregate", "sign_flip_p_value", "paired_t_pvalue", "paired_differences", "uncertainty_summary",
+           "advantages", "build_study", "protocol_tables", "summary_table",
            "write_markdown", "plot_study"]
 
 
@@ -81,26 +83,82 @@ def sign_flip_p_value(differences) -> float:
     return float((1 + np.sum(np.abs(signs @ d) / d.size >= reach)) / (1 + RANDOM_FLIPS))
 
 
-def _paired(reference: list[float], variant: list[float]) -> dict:
-    stats = _stats(np.subtract(reference, variant).tolist())
-    return {**stats, "p_value": sign_flip_p_value(stats["values"])}
+def _incomplete_beta(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function I_x(a, b), by its continued fraction (Lentz's
+    method; Numerical Recipes §6.4), so that the p-values need no scipy at run time."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1.0) / (a + b + 2.0):  # the fraction converges fast only below this point
+        return 1.0 - _incomplete_beta(b, a, 1.0 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    result = d
+    for m in range(1, 300):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            result *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return front * result
+
+
+def paired_t_pvalue(differences: list[float]) -> float:
+    """Two-sided p-value of the paired t-test that the mean per-seed difference is 0.
+
+    t = mean / (s / sqrt(n)) with n - 1 degrees of freedom; p = P(|T| >= |t|) = I_{df/(df+t^2)}(df/2, 1/2).
+    NaN with fewer than 2 seeds; 0 differences of one sign and no spread give p = 0."""
+    d = np.asarray(differences, dtype=np.float64)
+    if d.size < 2:
+        return math.nan
+    std = float(np.std(d, ddof=1))
+    if std == 0.0:
+        return 1.0 if float(np.mean(d)) == 0.0 else 0.0
+    t = float(np.mean(d)) / (std / math.sqrt(d.size))
+    df = d.size - 1
+    return _incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
+
+
+def uncertainty_summary(reports: list[dict | None]) -> dict | None:
+    """Mean and std over seeds of the uncertainty figures of results.json (casd.uncertainty_report),
+    and how many seeds have ū rising with the frame rate; None for models without an uncertainty."""
+    if not reports or any(r is None for r in reports):
+        return None
+    summaries = [r["summary"] for r in reports]
+    out = {name: _stats([s["model"][name] for s in summaries])
+           for name in ("spearman", "pooled_spearman", "confident_half_ratio", "aurc_normalised")}
+    if all("oracle" in s for s in summaries):
+        out["oracle_spearman"] = _stats([s["oracle"]["spearman"] for s in summaries])
+        out["spearman_ratio_to_oracle"] = _stats([s["spearman_ratio_to_oracle"] for s in summaries])
+    out["ubar_rises"] = sum(bool(s["frame_trend"].get("ubar_rises")) for s in summaries)
+    return out
 
 
 def paired_differences(study: dict, reference: str, metric: str) -> dict:
     """Per-run differences (reference minus variant) of the frame AUC and the modality mean,
-    paired by (data seed, training seed), with the sign-flip test's p-value."""
+    paired by (data seed, training seed), each with two two-sided p-values: the paired t-test's
+    (``p``) and the exact sign-flip test's (``p_sign_flip``), which assumes no distribution but
+    cannot go below 2 / 2**n with n pairs."""
     out = {}
     ref = study["variants"][reference]["aggregate"]
     for name, variant in study["variants"].items():
         if name == reference:
             continue
         agg = variant["aggregate"]
-        out[name] = {
-            "frame_auc": _paired(ref["frame"]["summary"][metric]["auc"]["values"],
-                                 agg["frame"]["summary"][metric]["auc"]["values"]),
-            "modality_mean": _paired(ref["modality"]["mean"][metric]["values"],
-                                     agg["modality"]["mean"][metric]["values"]),
+        diffs = {
+            "frame_auc": np.subtract(ref["frame"]["summary"][metric]["auc"]["values"],
+                                     agg["frame"]["summary"][metric]["auc"]["values"]).tolist(),
+            "modality_mean": np.subtract(ref["modality"]["mean"][metric]["values"],
+                                         agg["modality"]["mean"][metric]["values"]).tolist(),
         }
+        out[name] = {key: {**_stats(d), "p": paired_t_pvalue(d), "p_sign_flip": sign_flip_p_value(d)}
+                     for key, d in diffs.items()}
     return out
 
 
@@ -137,7 +195,8 @@ def build_study(runs: dict[str, dict[str, dict]], descriptions: dict[str, tuple[
                 "per_seed": {str(key): r["test"] for key, r in runs[v].items()},
                 "best_epochs": {str(key): r["selection"]["best_epoch"] for key, r in runs[v].items()},
                 "valid_scores": {str(key): r["selection"]["valid_score"] for key, r in runs[v].items()},
-                "aggregate": aggregate([r["test"] for r in runs[v].values()])}
+                "aggregate": aggregate([r["test"] for r in runs[v].values()]),
+                "uncertainty": uncertainty_summary([r.get("uncertainty") for r in runs[v].values()])}
             for v in variants
         },
     }
@@ -221,21 +280,35 @@ def write_markdown(study: dict, path: Path) -> None:
         lines += ["", f"## Paired differences ({reference} minus variant, {primary}, per run)", "",
                   "Positive means the reference is higher" + (" (better)." if higher_is_better(primary) else
                                                              " (worse: lower is better for this metric).")
-                  + " Runs pair by data seed and training seed; p is the two-sided p-value of the exact "
-                  "paired sign-flip test (`sign_flip_p_value`), whose smallest attainable value with "
-                  f"{len(study.get('replicates') or study['seeds'])} pairs is "
+                  + " Runs pair by data seed and training seed. p (t): two-sided paired t-test; p (sign flip): "
+                  "the exact paired sign-flip test (no distributional assumption), whose smallest attainable "
+                  f"value with {len(study.get('replicates') or study['seeds'])} pairs is "
                   f"{2 / 2 ** len(study.get('replicates') or study['seeds']):.4g}.", "",
-                  "| variant | frame AUC | p | modality mean | p |", "|---|---|---|---|---|"]
+                  "| variant | frame AUC | p (t) | p (sign flip) | modality mean | p (t) | p (sign flip) |",
+                  "|---|---|---|---|---|---|---|"]
         for name, d in study["paired"]["differences"].items():
-            lines.append(f"| {name} | {_cell(d['frame_auc'], False)} | {_p(d['frame_auc'])} | "
-                         f"{_cell(d['modality_mean'], False)} | {_p(d['modality_mean'])} |")
+            lines.append(f"| {name} | {_cell(d['frame_auc'], False)} | {_p(d['frame_auc'], 'p')} | "
+                         f"{_p(d['frame_auc'], 'p_sign_flip')} | {_cell(d['modality_mean'], False)} | "
+                         f"{_p(d['modality_mean'], 'p')} | {_p(d['modality_mean'], 'p_sign_flip')} |")
+    uncertain = {v: x["uncertainty"] for v, x in study["variants"].items() if x.get("uncertainty")}
+    if uncertain:
+        lines += ["", "## Uncertainty: does ū rank the errors? (test split, formulation §7)", "",
+                  "Mean over the 17 conditions of Spearman(ū, |error|), its ratio to the oracle's on the same "
+                  "errors, the confident-half MAE ratio (mean ± std over seeds), and on how many seeds mean ū "
+                  "rises with the frame missing rate.", "",
+                  "| variant | Spearman | oracle | ratio | confident half | ū rises |", "|---|---|---|---|---|---|"]
+        for v, u in uncertain.items():
+            oracle = [_cell(u[k], False) if k in u else "-" for k in ("oracle_spearman", "spearman_ratio_to_oracle")]
+            lines.append(f"| {v} | {_cell(u['spearman'], False)} | {oracle[0]} | {oracle[1]} | "
+                         f"{_cell(u['confident_half_ratio'], False)} | {u['ubar_rises']}/{len(u['spearman']['values'])} |")
     lines += ["", f"Plot: `{study['plot']}`.", f"Environment: {study['environment']}.", ""]
     path.write_text("\n".join(lines))
 
 
-def _p(stats: dict) -> str:
-    """A p-value cell; study.json files written before the test carry none."""
-    return "-" if stats.get("p_value") is None else f"{stats['p_value']:.3g}"
+def _p(stats: dict, key: str) -> str:
+    """A p-value cell; study.json files written before the tests carry none."""
+    value = stats.get(key)
+    return "-" if value is None or value != value else f"{value:.3g}"
 
 
 def _replicates_text(study: dict) -> str:

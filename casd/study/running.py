@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from casd import train
+from casd.checkpoint import BEFORE_ISSUE_11, recorded_before_issue_11
 from casd.config import RECORD_KEY, DeviceConfig, OutputConfig, RunConfig
 from casd.errors import ConfigError, OutputError
 from casd.flags import config_from_flags
+from casd.objective import FIRST_FORMULATION
 from casd.registry import MODEL_KINDS
 from casd.report import model_label
 from casd.serialize import flatten, from_dict, to_dict
@@ -62,6 +64,19 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             "CASD, uniform weights"),
     Variant("gaussian", "CASD with Gaussian embeddings", {"model": {"distribution": "gaussian"}},
             "CASD, Gaussian"),
+    Variant("gaussian_no_distill", "CASD with Gaussian embeddings, without distillation",
+            {"model": {"distribution": "gaussian"}, "objective": {"lambda_cd": 0.0}}, "CASD, Gaussian, w/o distillation"),
+    Variant("inputs", "CASD with all 7 components computed from the (zero-filled) inputs instead of the hard "
+            "availability mask", {"model": {"availability": "inputs"}}, "CASD, components from inputs"),
+    # sigma enters no loss and pi is uniform: the same architecture as a deterministic model.
+    Variant("deterministic", "the same architecture made deterministic: uniform pi, task loss on f(mu), no "
+            "likelihood and no distillation (sigma is never used)",
+            {"model": {"weighting": "uniform", "likelihood": "point"},
+             "objective": {"lambda_cd": 0.0, "task_input": "mean"}}, "deterministic"),
+    Variant("first_formulation", "CASD as first formulated (formulation §8): no frame scale, L1 task loss on "
+            "samples, mixture KL, one tau = 1, lambda_cd 0.01, training missing rate 0.7",
+            {"model": {"frame_scale": False, "likelihood": "point"}, "objective": dict(FIRST_FORMULATION),
+             "train": {"missing_rate": 0.7}}, "CASD, first formulation"),
     *(Variant(kind.name, kind.description, {"model": {"kind": kind.name}}, model_label(kind.name))
       for kind in MODEL_KINDS.values() if kind.name != "casd"),
 )}
@@ -94,9 +109,15 @@ def saved_config(report: dict, where: Path) -> RunConfig:
     if "args" in recorded:  # format of casd before RunConfig: the argparse namespace
         flags = {k: v for k, v in recorded["args"].items()}
         flags["data"] = None if flags.get("data") is None else Path(flags["data"])
+        # it ran the first formulation: the issue-11 fields as they were then (casd.config)
+        flags = {**{k: v for values in BEFORE_ISSUE_11.values() for k, v in values.items()},
+                 "tau_rows": flags.get("tau", 1.0), **flags}
         return config_from_flags(flags)
     try:
-        return from_dict(RunConfig, {k: v for k, v in recorded.items() if k != RECORD_KEY})
+        record = recorded.get(RECORD_KEY)
+        network = record.get("model_config") if isinstance(record, dict) else None
+        return from_dict(RunConfig, {k: v for k, v in recorded_before_issue_11(recorded, network).items()
+                                     if k != RECORD_KEY})
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
 
