@@ -133,6 +133,10 @@ def test_a_casd_training_step_compiles_fullgraph_and_matches_eager(device, backe
     teacher["labels"] = torch.randn(batch, generator=gen).to(device)
     student = {**teacher, "present": torch.tensor([[1, 1, 1], [1, 0, 0], [0, 1, 1], [0, 0, 1]],
                                                   dtype=torch.bool, device=device)}
+    # Frames lost too: with the hard availability mask a student that only lacks modalities has
+    # the teacher's available components, and the per-component L_cd would be exactly 0.
+    for name in MODALITIES:
+        student[f"{name}_lengths"] = (teacher[f"{name}_lengths"] - 1).clamp(min=1)
 
     def step(teacher, student):
         losses = objective(model, teacher, student)
