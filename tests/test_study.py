@@ -227,8 +227,12 @@ def test_study_over_data_seeds_pairs_runs_and_reports_p_values(tmp_path):
     assert per_run["0/3"]["frame"]["metrics"] != per_run["1/3"]["frame"]["metrics"]  # other data, other numbers
     diff = report["paired"]["differences"]["no_distill"]["frame_auc"]
     assert len(diff["values"]) == 2 and diff["p_sign_flip"] == pytest.approx(sign_flip_p_value(diff["values"]))
+    curves = report["variants"]["casd"]["curves"]
+    assert list(curves) == ["0/3", "1/3"] and all(len(c["valid"]) == len(c["train"]) == 1 for c in curves.values())
+    assert (out / "curves.png").stat().st_size > 10_000 and (out / "curves.pdf").exists()
     markdown = (out / "study.md").read_text()
     assert "sign-flip" in markdown and "data sets with seeds 0, 1 (2 runs per variant)" in markdown
+    assert "## Convergence" in markdown and "| casd | 1/1, 1/1 |" in markdown
     assert study([*command, "--report-only"]) == 0  # the layout is found again
 
 

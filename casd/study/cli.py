@@ -13,7 +13,7 @@ from casd.config import RunConfig
 from casd.errors import ConfigError
 from casd.flags import config_from_argv
 from casd.outputs import check_writable_folder, write_json
-from casd.study.reporting import build_study, plot_study, protocol_tables, write_markdown
+from casd.study.reporting import build_study, plot_learning_curves, plot_study, protocol_tables, write_markdown
 from casd.study.running import VARIANTS, run_config, run_one
 
 __all__ = ["DEFAULT_SEEDS", "STUDY_DEFAULTS", "RESERVED", "build_parser", "replicates", "main"]
@@ -101,6 +101,7 @@ def run_study(argv: list[str]) -> None:
     write_json(args.out / "study.json", study)
     write_markdown(study, args.out / "study.md")
     plot_study(study, args.out / "study.png", tuple(study["plot_metrics"]))
+    plot_learning_curves(study, args.out / "curves.png")
     if args.diagnose:
         from casd.study.diagnostics import write_diagnostics  # loads checkpoints: only needed here
 
@@ -110,4 +111,4 @@ def run_study(argv: list[str]) -> None:
     primary_frame, primary_modality = protocol_tables(study, study["primary_metric"])
     print("\n".join(["", f"{study['primary_metric']}, frame-level sweep", *primary_frame, "",
                      f"{study['primary_metric']}, modality combinations", *primary_modality, ""]))
-    print(f"wrote {args.out / 'study.md'}, study.json, study.png/.pdf in {time.perf_counter() - started:.0f}s")
+    print(f"wrote {args.out / 'study.md'}, study.json, study.png/.pdf, curves.png/.pdf in {time.perf_counter() - started:.0f}s")

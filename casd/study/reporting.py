@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -23,7 +24,7 @@ from casd.report import (axis_label, combination_label, describe_source, headlin
 from casd.study.running import VARIANTS  # noqa: E402
 
 __all__ = ["aggregate", "sign_flip_p_value", "paired_t_pvalue", "paired_differences", "uncertainty_summary",
-           "advantages", "build_study", "protocol_tables", "summary_table",
+           "advantages", "build_study", "protocol_tables", "summary_table", "plot_learning_curves",
            "write_markdown", "plot_study"]
 
 
@@ -195,6 +196,10 @@ def build_study(runs: dict[str, dict[str, dict]], descriptions: dict[str, tuple[
                 "per_seed": {str(key): r["test"] for key, r in runs[v].items()},
                 "best_epochs": {str(key): r["selection"]["best_epoch"] for key, r in runs[v].items()},
                 "valid_scores": {str(key): r["selection"]["valid_score"] for key, r in runs[v].items()},
+                # per run, the validation score and training loss of every epoch (learning curves)
+                "curves": {str(key): {"valid": [h["valid_score"] for h in r["history"]],
+                                      "train": [h["train_total"] for h in r["history"]]}
+                           for key, r in runs[v].items()},
                 "aggregate": aggregate([r["test"] for r in runs[v].values()]),
                 "uncertainty": uncertainty_summary([r.get("uncertainty") for r in runs[v].values()])}
             for v in variants
@@ -301,6 +306,16 @@ def write_markdown(study: dict, path: Path) -> None:
             oracle = [_cell(u[k], False) if k in u else "-" for k in ("oracle_spearman", "spearman_ratio_to_oracle")]
             lines.append(f"| {v} | {_cell(u['spearman'], False)} | {oracle[0]} | {oracle[1]} | "
                          f"{_cell(u['confident_half_ratio'], False)} | {u['ubar_rises']}/{len(u['spearman']['values'])} |")
+    with_curves = {v: x for v, x in study["variants"].items() if "curves" in x}
+    if with_curves:
+        lines += ["", "## Convergence", "",
+                  "The epoch each run selected on validation, of the epochs it trained (early stopping may end "
+                  "a run sooner); a selected epoch at the end means the run may still have been improving. "
+                  "Learning curves: `curves.png`.", "",
+                  "| variant | selected epoch / epochs trained, per run |", "|---|---|"]
+        for v, x in with_curves.items():
+            cells = [f"{x['best_epochs'][k]}/{len(c['valid'])}" for k, c in x["curves"].items()]
+            lines.append(f"| {v} | {', '.join(cells)} |")
     lines += ["", f"Plot: `{study['plot']}`.", f"Environment: {study['environment']}.", ""]
     path.write_text("\n".join(lines))
 
@@ -432,3 +447,40 @@ def plot_study(study: dict, path: Path, metrics: tuple[str, ...]) -> list[Path]:
                  f"test split, mean ± s.d. over {runs} run{'s' if runs != 1 else ''}"
                  + (f" ({len(study['seeds'])} seeds x {len(study['data_seeds'])} data sets)" if study.get("data_seeds") else ""))
     return save_figure(fig, path)
+
+
+def plot_learning_curves(study: dict, path: Path) -> list[Path] | None:
+    """Validation score and training loss against the epoch, per variant: every run as a thin
+    line, the mean over runs (while all of them are still training) as a thick one, and each
+    run's selected epoch as a dot. Shows whether the runs converged within their epochs.
+    None for a study.json written before the curves were recorded."""
+    variants = [v for v in study["variants"] if "curves" in study["variants"][v]]
+    if not variants:
+        return None
+    metric = study["selection_metric"]
+    fig, (valid_ax, train_ax) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    for i, v in enumerate(variants):
+        entry, color = study["variants"][v], f"C{i}"
+        curves = list(entry["curves"].values())
+        for key, curve in entry["curves"].items():
+            epochs = np.arange(1, len(curve["valid"]) + 1)
+            valid_ax.plot(epochs, curve["valid"], color=color, linewidth=0.6, alpha=0.35)
+            train_ax.plot(epochs, curve["train"], color=color, linewidth=0.6, alpha=0.35)
+            best = entry["best_epochs"][key]
+            valid_ax.plot(best, curve["valid"][best - 1], "o", color=color, markersize=3)
+        common = min(len(c["valid"]) for c in curves)
+        epochs = np.arange(1, common + 1)
+        valid_ax.plot(epochs, np.mean([c["valid"][:common] for c in curves], axis=0), color=color, linewidth=2,
+                      label=_label(study, v))
+        train_ax.plot(epochs, np.mean([c["train"][:common] for c in curves], axis=0), color=color, linewidth=2)
+    valid_ax.set_ylabel(f"validation {axis_label(metric)}")
+    train_ax.set_ylabel("training loss (each variant's own objective)")
+    for ax in (valid_ax, train_ax):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    valid_ax.legend(fontsize=8)
+    runs = len(study.get("replicates") or study["seeds"])
+    fig.suptitle(f"Learning curves: each run (thin), mean over {runs} runs (thick), selected epoch (dot)")
+    return save_figure(fig, path)
+
