@@ -262,7 +262,7 @@ def write_markdown(study: dict, path: Path) -> None:
     lines = [
         "# Robustness study", "",
         f"Command: `{study['command']}`", "",
-        f"Data: {study['data']['source']} ({study['data']['sizes']}); training missingness "
+        f"Data: {_data_text(study, study['data']['source'])} ({study['data']['sizes']}); training missingness "
         f"{study['data']['missing_protocol']} at rate {study['data']['missing_rate']}. "
         f"{_replicates_text(study)}; each cell is the mean ± sample standard deviation "
         f"(ddof = 1) over these runs of the test-split metric; bold marks the best mean in a row. Each run "
@@ -324,6 +324,13 @@ def _p(stats: dict, key: str) -> str:
     """A p-value cell; study.json files written before the tests carry none."""
     value = stats.get(key)
     return "-" if value is None or value != value else f"{value:.3g}"
+
+
+def _data_text(study: dict, source: str | None = None) -> str:
+    """The data set's description; with several synthetic data sets, all their seeds."""
+    if study.get("data_seeds"):
+        return f"synthetic data (seeds {', '.join(map(str, study['data_seeds']))})"
+    return source if source is not None else describe_source(study["data"]["source"])
 
 
 def _replicates_text(study: dict) -> str:
@@ -443,7 +450,7 @@ def plot_study(study: dict, path: Path, metrics: tuple[str, ...]) -> list[Path]:
                   labels=["frame AUC", "modality mean"], fontsize=8, loc="best")
         ax.set_title(f"paired differences vs {_label(study, reference)}", fontsize=10, pad=16)
 
-    fig.suptitle(f"Robustness to missing modalities on {describe_source(study['data']['source'])}: "
+    fig.suptitle(f"Robustness to missing modalities on {_data_text(study)}: "
                  f"test split, mean ± s.d. over {runs} run{'s' if runs != 1 else ''}"
                  + (f" ({len(study['seeds'])} seeds x {len(study['data_seeds'])} data sets)" if study.get("data_seeds") else ""))
     return save_figure(fig, path)
