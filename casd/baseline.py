@@ -50,7 +50,7 @@ class LateFusionModel(nn.Module):
         self.config = config
         self.encoders = ModalityEncoders(
             config.feature_dims, config.hidden, config.encoder_layers, config.heads, config.dropout,
-            config.frame_scale,
+            config.frame_scale, config.encoder,
         )
         self.heads = nn.ModuleList(
             nn.Sequential(nn.Linear(config.hidden, config.hidden), nn.GELU(), nn.Dropout(config.dropout),

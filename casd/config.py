@@ -91,6 +91,7 @@ class ModelSpec:
     # (all 7 components from the zero-filled inputs), which is kept as an ablation (formulation §8).
     availability: str = "mask"
     likelihood: str = "laplace"  # casd.vocab.LIKELIHOODS: the Laplace NLL calibrates u (formulation §4)
+    encoder: str = ModelConfig.encoder  # casd.vocab.ENCODERS; "linear" for the easy-encoder variant
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from casd.modalities import MODALITIES
+from casd.vocab import ENCODERS
 
 __all__ = ["ModalityEncoder", "ModalityEncoders", "length_mask", "masked_mean", "log_frame_scale"]
 
@@ -52,12 +53,22 @@ class ModalityEncoder(nn.Module):
 
     ``frame_scale=True`` appends ``log_frame_scale`` to each LayerNorm-ed frame before the
     projection (formulation §2.1), so the scale the LayerNorm removes reaches the encoder.
+
+    ``kind="linear"`` (the easy-encoder variant): h = W [mean raw valid frame, mean log frame
+    scale] + b. No normalisation hides the noise scale and no attention reweights frames, so on
+    the non-turning synthetic data h is a linear function of the sufficient statistics.
     """
 
     def __init__(self, in_dim: int, hidden: int, layers: int, heads: int, dropout: float,
-                 frame_scale: bool = False):
+                 frame_scale: bool = False, kind: str = "transformer"):
         super().__init__()
+        if kind not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {kind!r}")
         self.frame_scale = frame_scale
+        self.kind = kind
+        if kind == "linear":
+            self.project = nn.Linear(in_dim + int(frame_scale), hidden)
+            return
         self.project = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim + int(frame_scale), hidden))
         layer = nn.TransformerEncoderLayer(
             hidden,
@@ -73,6 +84,9 @@ class ModalityEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         valid = length_mask(lengths, x.shape[1])
+        if self.kind == "linear":
+            frames = torch.cat([x, log_frame_scale(x)], dim=-1) if self.frame_scale else x
+            return self.project(masked_mean(frames, valid))
         # A row with no valid frame would make attention softmax over nothing (NaN): let it
         # attend to its first (padding) frame; pooling below still returns 0 for it.
         attend = valid.clone()
@@ -93,8 +107,9 @@ class ModalityEncoders(nn.ModuleList):
     """
 
     def __init__(self, feature_dims: tuple[int, ...], hidden: int, layers: int, heads: int, dropout: float,
-                 frame_scale: bool = False):
-        super().__init__(ModalityEncoder(dim, hidden, layers, heads, dropout, frame_scale) for dim in feature_dims)
+                 frame_scale: bool = False, kind: str = "transformer"):
+        super().__init__(ModalityEncoder(dim, hidden, layers, heads, dropout, frame_scale, kind)
+                         for dim in feature_dims)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.stack(

@@ -18,7 +18,7 @@ from casd.config import OutputConfig, RunConfig, load_config
 from casd.data.missing import TRAIN_PROTOCOLS
 from casd.errors import ConfigError
 from casd.registry import MODEL_KINDS
-from casd.vocab import (AMP_MODES, AVAILABILITIES, DATASETS, DISTILL_MODES, DISTRIBUTIONS, LIKELIHOODS,
+from casd.vocab import (AMP_MODES, AVAILABILITIES, DATASETS, DISTILL_MODES, DISTRIBUTIONS, ENCODERS, LIKELIHOODS,
                         NOISE_STRATEGIES, TASK_INPUTS, TASKS, WEIGHTINGS)
 
 __all__ = ["build_parser", "config_from_argv", "config_from_flags"]
@@ -62,6 +62,11 @@ def build_parser(show_defaults: bool = True) -> argparse.ArgumentParser:
     data.add_argument("--synthetic-samples", type=int, nargs=3, metavar=("TRAIN", "VALID", "TEST"),
                       default=default((synthetic.num_train, synthetic.num_valid, synthetic.num_test)),
                       help="split sizes of the synthetic data set (not used with --data)")
+    data.add_argument("--synthetic-turning", action=argparse.BooleanOptionalAction,
+                      default=default(synthetic.turning),
+                      help="the synthetic sentiment direction turns over the frames (default); with "
+                      "--no-synthetic-turning it is constant, the easy-encoder variant where a linear "
+                      "readout (--encoder linear) of the mean frame suffices (not used with --data)")
     model = p.add_argument_group("model")
     model.add_argument("--model", choices=sorted(MODEL_KINDS), default=default(d.model.kind),
                        help="; ".join(f"{k.name}: {k.description}" for k in MODEL_KINDS.values())
@@ -81,6 +86,9 @@ def build_parser(show_defaults: bool = True) -> argparse.ArgumentParser:
     model.add_argument("--frame-scale", action=argparse.BooleanOptionalAction, default=default(d.model.frame_scale),
                        help="feed each frame's log RMS beside its LayerNorm-ed features, so the encoders see "
                        "how reliable a frame is (formulation §2.1)")
+    model.add_argument("--encoder", choices=ENCODERS, default=default(d.model.encoder),
+                       help="per-modality encoder: transformer, or linear (a linear readout of the mean frame; "
+                       "the easy-encoder variant, with --no-synthetic-turning)")
     model.add_argument("--availability", choices=AVAILABILITIES, default=default(d.model.availability),
                        help="mask: only components whose modalities are all present (hard mask); inputs: all 7 "
                        "components from what the inputs hold, absent modalities zero-filled (ablation)")
@@ -158,6 +166,7 @@ FLAGS: dict[str, tuple[str, Callable[[Any], dict[str, Any]]]] = {
     "dataset": ("data", lambda v: {"dataset": v}),
     "task": ("data", lambda v: {"task": v}),
     "synthetic_seed": ("data.synthetic", lambda v: {"seed": v}),
+    "synthetic_turning": ("data.synthetic", lambda v: {"turning": v}),
     "synthetic_samples": ("data.synthetic", lambda v: dict(zip(("num_train", "num_valid", "num_test"), v))),
     "model": ("model", lambda v: {"kind": v}),
     "hidden": ("model", lambda v: {"hidden": v}),
@@ -169,6 +178,7 @@ FLAGS: dict[str, tuple[str, Callable[[Any], dict[str, Any]]]] = {
     "distribution": ("model", lambda v: {"distribution": v}),
     "frame_scale": ("model", lambda v: {"frame_scale": v}),
     "availability": ("model", lambda v: {"availability": v}),
+    "encoder": ("model", lambda v: {"encoder": v}),
     "likelihood": ("model", lambda v: {"likelihood": v}),
     "lambda_cd": ("objective", lambda v: {"lambda_cd": v}),
     "tau": ("objective", lambda v: {"tau": v}),

@@ -12,7 +12,7 @@ from casd.encoders import ModalityEncoders
 from casd.kernels import StudentTMixture, uncertainty
 from casd.layers import CombinationEmbedding, ConfidenceMixture, StudentTHead
 from casd.modalities import MODALITIES, component_availability
-from casd.vocab import AVAILABILITIES, DISTRIBUTIONS, LIKELIHOODS, WEIGHTINGS
+from casd.vocab import AVAILABILITIES, DISTRIBUTIONS, ENCODERS, LIKELIHOODS, WEIGHTINGS
 
 __all__ = ["EncoderConfig", "ModelConfig", "CASDModel", "Prediction", "GAUSSIAN_NU"]
 
@@ -35,8 +35,11 @@ class EncoderConfig:
     # configs default to the first formulation, so that checkpoints written before the field
     # existed rebuild as they were; a run's defaults are casd.config.ModelSpec's.
     frame_scale: bool = False
+    encoder: str = "transformer"  # casd.vocab.ENCODERS ("linear": the easy-encoder variant)
 
     def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
         self.feature_dims = tuple(int(d) for d in self.feature_dims)
         if len(self.feature_dims) != len(MODALITIES) or min(self.feature_dims) < 1:
             raise ValueError(f"feature_dims must be three positive ints, got {self.feature_dims}")
@@ -105,7 +108,7 @@ class CASDModel(nn.Module):
         self.config = config
         self.encoders = ModalityEncoders(
             config.feature_dims, config.hidden, config.encoder_layers, config.heads, config.dropout,
-            config.frame_scale,
+            config.frame_scale, config.encoder,
         )
         self.combine = CombinationEmbedding(config.hidden, config.dropout)
         self.head = StudentTHead(

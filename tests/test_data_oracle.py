@@ -21,9 +21,11 @@ CONDITIONS = {c.name: c for c in evaluation_conditions(7)}
 BASE = SyntheticConfig(num_train=4, num_valid=4, num_test=3000, neg_inf_fraction=0.0)
 
 
-@pytest.fixture(scope="module", params=[0.3, 2.0], ids=["speaker0.3", "speaker2.0"])
+@pytest.fixture(scope="module", params=[(0.3, True), (2.0, True), (0.3, False)],
+                ids=["speaker0.3", "speaker2.0", "easy-encoder"])
 def generated(request):
-    config = dataclasses.replace(BASE, speaker_scale=request.param)
+    speaker_scale, turning = request.param
+    config = dataclasses.replace(BASE, speaker_scale=speaker_scale, turning=turning)
     return config, generate_synthetic(config)["test"]
 
 

@@ -39,24 +39,17 @@ import numpy as np
 
 from casd.data.missing import EvalCondition, condition_keep_masks
 from casd.data.mmsa import Split, split_from_mmsa
-from casd.data.synthetic import SyntheticConfig, planted_structure
+from casd.data.synthetic import SyntheticConfig, planted_structure, signal_pattern
 from casd.modalities import MODALITIES
 
 __all__ = ["sentiment_posterior", "oracle_variance", "signal_positions"]
 
 
-def signal_positions(lengths: np.ndarray, max_len: int, text: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(cos(pi tau), sin(pi tau)) [N, L] on the frames that carry sentiment, 0 elsewhere.
-
-    Mirrors the generator's `_sequence`: the text's first and last valid positions ([CLS],
-    [SEP]) carry none, and tau = (t - first + 1/2) / span runs over the rest.
-    """
-    first = 1 if text else 0
-    span = np.maximum(lengths - 2 * first, 1)[:, None]
-    t = np.arange(max_len)[None, :]
-    carries = (t >= first) & (t < first + span)
-    tau = (t - first + 0.5) / span
-    return np.cos(np.pi * tau) * carries, np.sin(np.pi * tau) * carries
+def signal_positions(lengths: np.ndarray, max_len: int, text: bool,
+                     turning: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The generator's pattern coefficients (a, b) [N, L] (casd.data.synthetic.signal_pattern):
+    the text's first and last valid positions ([CLS], [SEP]) carry none."""
+    return signal_pattern(lengths, max_len, (1, 1) if text else (0, 0), turning)
 
 
 def _check(raw: dict, config: SyntheticConfig) -> None:
@@ -91,7 +84,7 @@ def sentiment_posterior(raw: dict, config: SyntheticConfig, condition: EvalCondi
         x = getattr(split, name)
         lengths = getattr(split, f"{name}_lengths")
         keep = keeps[m].astype(np.float64)
-        c, d = signal_positions(lengths, x.shape[1], text=(m == 0))
+        c, d = signal_positions(lengths, x.shape[1], text=(m == 0), turning=config.turning)
         c, d = c * keep, d * keep
         n = keep.sum(1)
         sum_c, sum_d = c.sum(1), d.sum(1)

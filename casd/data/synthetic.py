@@ -65,8 +65,14 @@ class SyntheticConfig:
     annotators: int = 5
     annotator_noise: float = 0.6
     neg_inf_fraction: float = 0.02  # samples with one -inf audio entry, as in real files
+    # False: the easy-encoder variant (issue 11). The sentiment direction stays u_m on every frame
+    # instead of turning to v_m, so a linear readout of the pooled frames (``--encoder linear``)
+    # can reach the oracle; the random streams are the same as the default data's.
+    turning: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.turning, bool):
+            raise ValueError(f"turning must be a bool, got {self.turning!r}")
         if self.seed < 0:  # numpy's SeedSequence takes non-negative seeds only
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         for f in dataclasses.fields(self):  # NaN would pass every range check below
@@ -139,21 +145,34 @@ def _lengths(n: int, max_len: int, min_fraction: float, floor: int, rng) -> np.n
     return rng.integers(low, max_len + 1, size=n)
 
 
-def _sequence(s, lengths, max_len, direction, signal, offset, sigma, rng, inner=(0, 0)):
-    """[N, L, F] float32: the turning sentiment pattern + speaker offset + scaled noise.
+def signal_pattern(lengths: np.ndarray, max_len: int, inner: tuple[int, int] = (0, 0),
+                   turning: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients (a, b) [N, L] of the sentiment pattern a u_m + b v_m on each frame (docs/data.md).
 
-    `inner` = (skip at start, skip at end) valid positions that carry no signal (text [CLS]/[SEP]).
+    `inner` = (skip at start, skip at end) valid positions that carry no signal (text [CLS]/[SEP]);
+    tau = (t - first + 1/2) / span runs over the rest. Turning: (cos pi tau, sin pi tau), the
+    direction turns from u_m to v_m, so the mean of the frames is not a sufficient statistic.
+    Not turning (the easy-encoder variant): (1, 0) on every carrying frame, and a linear readout
+    of the pooled frames is.
     """
-    n, dim = len(s), direction.shape[1]
     t = np.arange(max_len)[None, :]
     first, span = inner[0], np.maximum(lengths - inner[0] - inner[1], 1)[:, None]
-    tau = (t - first + 0.5) / span  # (0, 1) over the signal-carrying positions
     carries = (t >= first) & (t < first + span)
-    pattern = (np.cos(np.pi * tau)[..., None] * direction[0] + np.sin(np.pi * tau)[..., None] * direction[1])
-    x = (signal * s)[:, None, None] * pattern * carries[..., None]
+    if not turning:
+        return carries.astype(np.float64), np.zeros(carries.shape)
+    tau = (t - first + 0.5) / span  # (0, 1) over the signal-carrying positions
+    return np.cos(np.pi * tau) * carries, np.sin(np.pi * tau) * carries
+
+
+def _sequence(s, lengths, max_len, direction, signal, offset, sigma, rng, inner=(0, 0), turning=True):
+    """[N, L, F] float32: the sentiment pattern (``signal_pattern``) + speaker offset + scaled noise."""
+    n, dim = len(s), direction.shape[1]
+    a, b = signal_pattern(lengths, max_len, inner, turning)
+    pattern = a[..., None] * direction[0] + b[..., None] * direction[1]
+    x = (signal * s)[:, None, None] * pattern
     x += offset[:, None, :]
     x += sigma[:, None, None] * rng.standard_normal((n, max_len, dim), dtype=np.float32)
-    x *= (t < lengths[:, None])[..., None]  # zero padding after the valid length
+    x *= (np.arange(max_len)[None, :] < lengths[:, None])[..., None]  # zero padding after the valid length
     return x.astype(np.float32)
 
 
@@ -175,7 +194,8 @@ def _split(config: SyntheticConfig, structure: PlantedStructure, n: int, first_s
         offset = rng.normal(0.0, config.speaker_scale,
                             size=(speaker[-1] + 1, structure.directions[m].shape[1]))[speaker]
         x = _sequence(s, lens, max_len, structure.directions[m], config.signal[m],
-                      offset.astype(np.float32), sigma[:, m], rng, inner=(1, 1) if m == 0 else (0, 0))
+                      offset.astype(np.float32), sigma[:, m], rng, inner=(1, 1) if m == 0 else (0, 0),
+                      turning=config.turning)
         features.append(x)
         lengths.append(lens)
     text, audio, vision = features
@@ -239,6 +259,8 @@ def _parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         if isinstance(f.default, tuple):
             parser.add_argument(flag, type=float, nargs=3, default=f.default, metavar=("T", "A", "V"))
+        elif isinstance(f.default, bool):  # type=bool would read "false" as True
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
             parser.add_argument(flag, type=type(f.default), default=f.default)
     return parser
