@@ -171,8 +171,12 @@ def recorded_before_issue_11(data: dict, network: dict | None) -> dict:
     A run predates them when its recorded network config ``network`` (a checkpoint's
     model_config) has no ``frame_scale`` (every network config has had it since). Its missing fields then take ``BEFORE_ISSUE_11``, tau_rows = its
     tau (the one temperature it had), and lambda_cd, tau and the training missing rate the
-    defaults of that time (0.01, 1.0, 0.7). Anything else (a newer run, a hand-written file)
-    is returned as is."""
+    defaults of that time (0.01, 1.0, 0.7). A recorded run without a ``calibration`` section
+    predates held-out calibration and ran none (epochs 0). A hand-written file (no network
+    config) is returned as is."""
+    if isinstance(network, dict) and "calibration" not in data:
+        # recorded before held-out calibration existed (casd.calibration): it did not calibrate
+        data = {**data, "calibration": {"epochs": 0}}
     if not isinstance(network, dict) or "frame_scale" in network:
         return data
     filled = {name: dict(data.get(name) or {}) for name in ("model", "objective", "train")}
@@ -224,6 +228,14 @@ def _config_fields_v1(checkpoint: dict) -> dict[str, Any]:
     return flatten(fields)
 
 
+# Fields added after runs were recorded without them, with the value that reproduces what those
+# runs did: resuming such a run compares the checkpoint as if it had recorded them.
+ADDED_SINCE: dict[str, dict[str, Any]] = {
+    "config": {"model.encoder": "transformer"},  # --encoder (issue 11, easy-encoder variant)
+    "metadata": {"synthetic.turning": True},  # SyntheticConfig.turning (same)
+}
+
+
 def check_resumable(saved: dict, current: dict, path: str | os.PathLike) -> list[tuple[str, Any, Any]]:
     """Refuse to resume from ``saved`` (a read checkpoint) a run whose record (run_record) is
     ``current`` unless everything that shapes the trajectory matches; the error names each
@@ -234,6 +246,9 @@ def check_resumable(saved: dict, current: dict, path: str | os.PathLike) -> list
     try:
         mine, theirs = _config_fields(current), _config_fields(saved)
         saved_data, current_data = flatten(saved["metadata"]), flatten(current["metadata"])
+        if saved["format"] > 1:  # a field added since was, for this run, what its default does
+            theirs = {**ADDED_SINCE["config"], **theirs}
+        saved_data = {**ADDED_SINCE["metadata"], **saved_data}
     except (KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"--resume: {path} does not record its run's settings ({type(exc).__name__}: "
                               f"{exc}); it is not a casd.train checkpoint") from exc

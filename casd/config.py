@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from casd.calibration import CalibrationConfig
 from casd.checkpoint import recorded_before_issue_11
 from casd.data import FRAME_RATES, SyntheticConfig
 from casd.errors import ConfigError
@@ -150,6 +151,7 @@ class RunConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     output: OutputConfig = field(default_factory=OutputConfig)

@@ -139,6 +139,12 @@ def build_parser(show_defaults: bool = True) -> argparse.ArgumentParser:
                        help="missingness of the student view in training")
     train.add_argument("--missing-rate", type=float, default=default(d.train.missing_rate),
                        help="max frame-drop rate / modality-drop probability in training")
+    train.add_argument("--calibration-epochs", type=int, default=default(d.calibration.epochs),
+                       help="after training, refit what sets the uncertainty u (log-scale and nu heads, Laplace "
+                       "offset) on the validation split for this many passes, the rest frozen (0: no "
+                       "calibration; models without the Laplace likelihood have none)")
+    train.add_argument("--calibration-lr", type=float, default=default(d.calibration.lr),
+                       help="Adam learning rate of the held-out calibration")
     train.add_argument("--eval-seed", type=int, default=default(d.evaluation.seed),
                        help="base seed of the evaluation masks")
     train.add_argument("--device", default=default(d.device.name), help="auto, cpu, cuda, cuda:1, ...")
@@ -201,6 +207,8 @@ FLAGS: dict[str, tuple[str, Callable[[Any], dict[str, Any]]]] = {
     "missing_protocol": ("train", lambda v: {"missing_protocol": v}),
     "missing_rate": ("train", lambda v: {"missing_rate": v}),
     "no_progress": ("train", lambda on: {"progress": False} if on else {}),
+    "calibration_epochs": ("calibration", lambda v: {"epochs": v}),
+    "calibration_lr": ("calibration", lambda v: {"lr": v}),
     "eval_seed": ("evaluation", lambda v: {"seed": v}),
     "device": ("device", lambda v: {"name": v}),
     "threads": ("device", lambda v: {"threads": v}),

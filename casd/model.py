@@ -141,6 +141,14 @@ class CASDModel(nn.Module):
             raise ValueError("error_log_scale_of needs a model built with likelihood='laplace'")
         return mixture.component_uncertainty() + self.error_log_scale
 
+    def uncertainty_parameters(self) -> list[nn.Parameter]:
+        """What sets u and b and nothing else: the log-scale and degrees-of-freedom heads and c
+        (casd.calibration refits them on held-out data)."""
+        parameters = [*self.head.log_sigma.parameters(), *self.head.nu_raw.parameters()]
+        if self.config.likelihood == "laplace":
+            parameters.append(self.error_log_scale)
+        return parameters
+
     def modality_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[B, 3, H]: one utterance vector per modality."""
         return self.encoders(batch)

@@ -27,7 +27,7 @@ from casd.sampler import Sampler, row_keys
 from casd.vocab import DISTILL_MODES, NOISE_STRATEGIES, TASK_INPUTS, TASKS
 
 __all__ = ["ObjectiveConfig", "FIRST_FORMULATION", "LossBreakdown", "MixtureModel", "CASDObjective", "check_task", "concat_views",
-           "task_loss"]
+           "component_losses", "mixed", "task_loss"]
 
 
 @dataclass(frozen=True)
@@ -115,9 +115,9 @@ def concat_views(teacher: dict[str, torch.Tensor], student: dict[str, torch.Tens
     return {key: torch.cat([teacher[key], student[key]]) for key in teacher}
 
 
-def task_loss(outputs: torch.Tensor, labels: torch.Tensor, log_pi: torch.Tensor, task: str,
-              log_scale: torch.Tensor | None = None) -> torch.Tensor:
-    """mean_b sum_k pi_bk mean_q loss(f(z_bkq), y_b) for outputs [B, K, S, O] -> scalar (formulation §4).
+def component_losses(outputs: torch.Tensor, labels: torch.Tensor, task: str,
+                     log_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """mean_q loss(f(z_bkq), y_b) per row and component: outputs [B, K, S, O] -> [B, K] (formulation §4).
 
     With ``log_scale`` = log b [B, K] (likelihood "laplace") the per-point loss is a proper
     scoring rule that calibrates b: for regression the Laplace negative log-likelihood
@@ -141,9 +141,19 @@ def task_loss(outputs: torch.Tensor, labels: torch.Tensor, log_pi: torch.Tensor,
         per_sample = nn.functional.cross_entropy(
             outputs.permute(0, 3, 1, 2), targets, reduction="none"
         )
-    per_component = per_sample.mean(-1)  # [B, K]
-    weighted = torch.where(torch.isfinite(log_pi), log_pi.exp() * per_component, 0.0)
-    return weighted.sum(-1).mean()
+    return per_sample.mean(-1)
+
+
+def mixed(per_component: torch.Tensor, log_pi: torch.Tensor) -> torch.Tensor:
+    """sum_k pi_bk loss_bk: [B, K] -> [B]; absent components (log pi = -inf) count zero."""
+    return torch.where(torch.isfinite(log_pi), log_pi.exp() * per_component, 0.0).sum(-1)
+
+
+def task_loss(outputs: torch.Tensor, labels: torch.Tensor, log_pi: torch.Tensor, task: str,
+              log_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """mean_b sum_k pi_bk mean_q loss(f(z_bkq), y_b) for outputs [B, K, S, O] -> scalar (formulation §4);
+    the per-point loss is ``component_losses``'s."""
+    return mixed(component_losses(outputs, labels, task, log_scale), log_pi).mean()
 
 
 @runtime_checkable

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from casd.checkpoint import read_checkpoint, run_record
+from casd.calibration import calibrate_uncertainty
+from casd.checkpoint import atomic_save, read_checkpoint, run_record
 from casd.cli import run_command
 from casd.config import RECORD_KEY, RunConfig
 from casd.data import DataDescription, Split, generate_synthetic, load_mmsa, split_from_mmsa, validate_splits
@@ -162,8 +163,19 @@ def run(config: RunConfig) -> dict:
         write_json(out_dir / "config.json", snapshot)
 
     state = trainer.fit()
-    model.load_state_dict(read_checkpoint(out_dir / "best.pt", device)["model"])
-    log.info("best epoch %d (validation %s %.4f); evaluating on test", state.best_epoch, selection, state.best_score)
+    best = read_checkpoint(out_dir / "best.pt", device)
+    model.load_state_dict(best["model"])
+    log.info("best epoch %d (validation %s %.4f)", state.best_epoch, selection, state.best_score)
+    # Held-out calibration of u (formulation §4.4), once per best.pt: a resumed run whose best.pt
+    # holds it already does not calibrate twice.
+    calibration = best.get("calibration")
+    if calibration is None:
+        calibration = calibrate_uncertainty(model, splits["valid"], trainer.missingness, config.calibration, task,
+                                            device, config.train.seed)
+        if calibration is not None and context.is_main:
+            atomic_save({**best, "model": model.state_dict(), "calibration": calibration}, out_dir / "best.pt")
+        context.barrier()
+    log.info("evaluating on test")
 
     names = headline_metrics(dataset, task)
     results = evaluate_conditions(model, splits["test"], test_conditions(config.evaluation.seed), dataset,
@@ -178,6 +190,7 @@ def run(config: RunConfig) -> dict:
         "config": snapshot,
         "selection": {"metric": selection, "best_epoch": state.best_epoch, "valid_score": state.best_score,
                       "valid_conditions": [asdict(c) for c in valid_conditions]},
+        "calibration": calibration,
         "history": state.history,
         "test": summary,
         "uncertainty": uncertainty,

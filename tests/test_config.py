@@ -16,7 +16,7 @@ from casd.registry import MODEL_KINDS
 from casd.serialize import from_dict, to_dict
 from casd.trainer import TrainConfig
 from casd.train import main as train
-from casd.vocab import AMP_MODES, DATASETS, DISTRIBUTIONS, NOISE_STRATEGIES, TASKS, WEIGHTINGS
+from casd.vocab import AMP_MODES, DATASETS, DISTRIBUTIONS, ENCODERS, NOISE_STRATEGIES, TASKS, WEIGHTINGS
 
 # Every field away from its default (where the field allows it).
 UNUSUAL = RunConfig(
@@ -97,11 +97,12 @@ def test_vocabularies_are_the_choices_everywhere():
     assert tuple(actions["noise"].choices) == NOISE_STRATEGIES and tuple(actions["amp"].choices) == AMP_MODES
     assert tuple(actions["weighting"].choices) == WEIGHTINGS
     assert tuple(actions["distribution"].choices) == DISTRIBUTIONS
+    assert tuple(actions["encoder"].choices) == ENCODERS
     assert tuple(actions["missing_protocol"].choices) == TRAIN_PROTOCOLS
     assert set(actions["model"].choices) == set(MODEL_KINDS)
     assert set(AMP_DTYPES) | {"auto"} == set(AMP_MODES)
-    assert {f.name for f in fields(RunConfig)} == {"data", "model", "objective", "train", "evaluation", "device",
-                                                   "output"}
+    assert {f.name for f in fields(RunConfig)} == {"data", "model", "objective", "train", "calibration", "evaluation",
+                                                   "device", "output"}
 
 
 @pytest.mark.slow

@@ -251,7 +251,9 @@ def test_a_run_recorded_before_the_design_reads_as_the_first_formulation():
                                    "task_input": "samples", "tau": 0.5, "lambda_cd": 0.1, "tau_rows": 0.5}
     assert filled["model"]["frame_scale"] is False and filled["model"]["likelihood"] == "point"
     assert filled["train"] == {"epochs": 3, "missing_rate": 0.7}
-    assert recorded_before_issue_11(old, {"frame_scale": True}) is old  # a newer run: as recorded
+    assert filled["calibration"] == {"epochs": 0}  # and it predates held-out calibration
+    newer = {**old, "calibration": {"epochs": 10}}
+    assert recorded_before_issue_11(newer, {"frame_scale": True}) is newer  # a newer run: as recorded
     assert recorded_before_issue_11(old, None) is old  # a hand-written file: today's defaults
 
 

@@ -137,7 +137,16 @@ def run_one(config: RunConfig, report_only: bool = False) -> dict:
         if _comparable(saved) != _comparable(config):
             mine, theirs = flatten(to_dict(_comparable(config))), flatten(to_dict(_comparable(saved)))
             diff = sorted(k for k in mine if mine[k] != theirs.get(k))
-            raise ConfigError(f"{out} holds a run with another config ({', '.join(diff)}); use another --out")
+            if not all(k.startswith("calibration.") for k in diff):
+                raise ConfigError(f"{out} holds a run with another config ({', '.join(diff)}); use another --out")
+            # Calibration comes after training (casd.calibration): the trained run is kept and
+            # only calibrated and evaluated again, by resuming it from its last.pt.
+            if report_only or not (out / "last.pt").exists():
+                raise ConfigError(f"{out} holds a run with another calibration ({', '.join(diff)})"
+                                  + ("; run the study without --report-only to recalibrate it" if report_only
+                                     else " and no last.pt to recalibrate it from; use another --out"))
+            log.info("study: recalibrating %s (%s; its training is kept)", out, ", ".join(diff))
+            return train.run(replace(config, output=OutputConfig(dir=out, resume=True)))
         log.info("study: reusing %s", out)
         return report
     if report_only:
