@@ -231,7 +231,7 @@ def _config_fields_v1(checkpoint: dict) -> dict[str, Any]:
 # Fields added after runs were recorded without them, with the value that reproduces what those
 # runs did: resuming such a run compares the checkpoint as if it had recorded them.
 ADDED_SINCE: dict[str, dict[str, Any]] = {
-    "config": {"model.encoder": "transformer"},  # --encoder (issue 11, easy-encoder variant)
+    "config": {"model.encoder": "transformer", "data.synthetic.turning": True},  # the easy-encoder variant (issue 11)
     "metadata": {"synthetic.turning": True},  # SyntheticConfig.turning (same)
 }
 

@@ -142,3 +142,19 @@ def test_the_study_recalibrates_a_finished_run_without_training_it_again(tmp_pat
     assert run_one(calibrated)["calibration"] == second["calibration"]  # now reused as it is
     with pytest.raises(ConfigError, match="another config"):
         run_one(replace(calibrated, train=replace(calibrated.train, lr=0.5)))
+
+
+def test_a_checkpoint_recorded_before_the_easy_variant_fields_resumes(tmp_path):
+    """Runs recorded without model.encoder and synthetic.turning ran the transformer on turning data."""
+    from casd.checkpoint import check_resumable
+
+    out = tmp_path / "run"
+    assert train([*TINY, "--calibration-epochs", "0", "--out", str(out)]) == 0
+    current = read_checkpoint(out / "last.pt")
+    saved = read_checkpoint(out / "last.pt")
+    del saved["config"]["model"]["encoder"], saved["config"]["data"]["synthetic"]["turning"]
+    del saved["metadata"]["synthetic"]["turning"]
+    assert check_resumable(saved, current, out / "last.pt") == []
+    current["config"]["model"]["encoder"] = "linear"
+    with pytest.raises(Exception, match="model.encoder: checkpoint 'transformer', now 'linear'"):
+        check_resumable(saved, current, out / "last.pt")
