@@ -14,7 +14,7 @@ import pytest
 
 from casd.data import evaluation_conditions, generate_synthetic, split_from_mmsa
 from casd.data.missing import condition_keep_masks, frame_keep_masks, frame_missing
-from casd.data.oracle import oracle_variance, sentiment_posterior
+from casd.data.oracle import oracle_mae, oracle_variance, sentiment_posterior
 from casd.data.synthetic import SyntheticConfig, planted_structure
 
 CONDITIONS = {c.name: c for c in evaluation_conditions(7)}
@@ -105,3 +105,14 @@ def test_keep_masks_match_the_degraded_inputs():
         else:
             lengths = getattr(split, f"{name}_lengths")
             np.testing.assert_array_equal(keep.sum(1), lengths)
+
+
+def test_oracle_mae_and_what_reliability_is_worth():
+    config = dataclasses.replace(BASE, num_test=1500)
+    raw = generate_synthetic(config)["test"]
+    mean, _ = sentiment_posterior(raw, config)
+    full = oracle_mae(raw, config)
+    assert full == pytest.approx(float(np.abs(mean - split_from_mmsa(raw).labels).mean()))
+    blind = oracle_mae(raw, config, reliability_blind=True)
+    assert blind > full + 0.05  # knowing which sample is noisy is worth a lot on this data
+    assert oracle_mae(raw, config, CONDITIONS["frame_0.9"]) > full  # and so are the frames

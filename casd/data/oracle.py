@@ -42,7 +42,7 @@ from casd.data.mmsa import Split, split_from_mmsa
 from casd.data.synthetic import SyntheticConfig, planted_structure, signal_pattern
 from casd.modalities import MODALITIES
 
-__all__ = ["sentiment_posterior", "oracle_variance", "signal_positions"]
+__all__ = ["sentiment_posterior", "oracle_variance", "oracle_mae", "signal_positions"]
 
 
 def signal_positions(lengths: np.ndarray, max_len: int, text: bool,
@@ -108,3 +108,19 @@ def sentiment_posterior(raw: dict, config: SyntheticConfig, condition: EvalCondi
 def oracle_variance(raw: dict, config: SyntheticConfig, condition: EvalCondition | None = None) -> np.ndarray:
     """Var[s | x] per sample [N]: the oracle's uncertainty under `condition` (higher = less sure)."""
     return sentiment_posterior(raw, config, condition, with_mean=False)[1]
+
+
+def oracle_mae(raw: dict, config: SyntheticConfig, condition: EvalCondition | None = None,
+               reliability_blind: bool = False) -> float:
+    """MAE of the posterior mean E[s | x] against the labels: how well the best model could do.
+
+    ``reliability_blind``: the same posterior with every sample's noise scale replaced by its
+    modality's root-mean-square scale over the split, i.e. the best fusion that does not know
+    which sample is reliable. The gap between the two is the gain that detecting reliability can
+    buy (the easy-encoder variant of the study asks how much of it a model gets).
+    """
+    if reliability_blind:
+        sigma = raw["noise_scale"].astype(np.float64)
+        raw = {**raw, "noise_scale": np.broadcast_to(np.sqrt((sigma ** 2).mean(0)), sigma.shape)}
+    mean, _ = sentiment_posterior(raw, config, condition)
+    return float(np.abs(mean - split_from_mmsa(raw).labels).mean())
