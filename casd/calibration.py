@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from casd.data import Split, SplitDataset, TrainingMissingness, batch_to, make_loader
-from casd.objective import component_losses, mixed
+from casd.objective import component_losses, mixed, uniform_log_weights
 
 __all__ = ["CalibrationConfig", "calibration_loss", "calibrate_uncertainty"]
 
@@ -64,9 +64,8 @@ def calibration_loss(model: nn.Module, batch: dict[str, torch.Tensor], task: str
     mixture = model(batch)
     with torch.no_grad():  # f is fixed: only the scale learns
         outputs = model.predictor(mixture.mu).unsqueeze(2)  # [B, K, 1, O]
-    available = torch.isfinite(mixture.log_pi)
-    uniform = torch.where(available, -torch.log(available.sum(-1, keepdim=True).float()), float("-inf"))
-    return mixed(component_losses(outputs, batch["labels"], task, model.error_log_scale_of(mixture)), uniform).mean()
+    log_scale = model.error_log_scale_of(mixture)
+    return mixed(component_losses(outputs, batch["labels"], task, log_scale), uniform_log_weights(mixture.log_pi)).mean()
 
 
 @torch.no_grad()

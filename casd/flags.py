@@ -19,7 +19,7 @@ from casd.data.missing import TRAIN_PROTOCOLS
 from casd.errors import ConfigError
 from casd.registry import MODEL_KINDS
 from casd.vocab import (AMP_MODES, AVAILABILITIES, DATASETS, DISTILL_MODES, DISTRIBUTIONS, ENCODERS, LIKELIHOODS,
-                        NOISE_STRATEGIES, TASK_INPUTS, TASKS, WEIGHTINGS)
+                        NOISE_STRATEGIES, TASK_INPUTS, TASK_WEIGHTS, TASKS, WEIGHTINGS)
 
 __all__ = ["build_parser", "config_from_argv", "config_from_flags"]
 
@@ -112,6 +112,9 @@ def build_parser(show_defaults: bool = True) -> argparse.ArgumentParser:
                      help="fraction of training over which lambda_cd ramps up linearly from 0")
     obj.add_argument("--task-input", choices=TASK_INPUTS, default=default(d.objective.task_input),
                      help="the task loss scores f(mu_k), as predicted (mean), or f of the samples (first formulation)")
+    obj.add_argument("--task-weights", choices=TASK_WEIGHTS, default=default(d.objective.task_weights),
+                     help="weigh each component's task loss by its confidence weight pi, or uniformly over the "
+                     "available components (each component learns on every sample that has it; pi only mixes)")
     obj.add_argument("--samples", type=int, default=default(d.objective.num_samples),
                      help="S reparameterised samples per component")
     obj.add_argument("--fused", action="store_true", default=default(False),
@@ -193,6 +196,7 @@ FLAGS: dict[str, tuple[str, Callable[[Any], dict[str, Any]]]] = {
     "cd_per_dim": ("objective", lambda v: {"cd_per_dim": v}),
     "lambda_warmup": ("objective", lambda v: {"lambda_warmup": v}),
     "task_input": ("objective", lambda v: {"task_input": v}),
+    "task_weights": ("objective", lambda v: {"task_weights": v}),
     "samples": ("objective", lambda v: {"num_samples": v}),
     "fused": ("objective", lambda on: {"backend": "triton"} if on else {}),
     "noise": ("objective", lambda v: {"noise": v}),

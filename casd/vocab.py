@@ -12,7 +12,7 @@ This module imports nothing from casd, so every layer may use it.
 from __future__ import annotations
 
 __all__ = ["TASKS", "DATASETS", "SPLITS", "NOISE_STRATEGIES", "AMP_MODES", "WEIGHTINGS", "DISTRIBUTIONS",
-           "AVAILABILITIES", "LIKELIHOODS", "DISTILL_MODES", "TASK_INPUTS", "ENCODERS"]
+           "AVAILABILITIES", "LIKELIHOODS", "DISTILL_MODES", "TASK_INPUTS", "TASK_WEIGHTS", "ENCODERS"]
 
 # What the labels are: a sentiment score (L1 loss, MMSA regression metrics) or class ids
 # (cross-entropy, accuracy / F1; IEMOCAP-style `classification_labels`).
@@ -54,6 +54,10 @@ DISTILL_MODES: tuple[str, ...] = ("mixture", "component")
 # What the task loss applies f to (formulation §4): "samples" z_kq (first formulation) or "mean"
 # mu_k, which is what prediction uses.
 TASK_INPUTS: tuple[str, ...] = ("samples", "mean")
+
+# How the task loss weighs the components (formulation §4): by the confidence weights pi, or
+# uniformly over the available ones (each component learns on every sample that has it).
+TASK_WEIGHTS: tuple[str, ...] = ("confidence", "uniform")
 
 # Per-modality encoders (casd.encoders): "transformer" = per-frame LayerNorm, projection, masked
 # Transformer, mean pool; "linear" = a linear readout of the mean raw frame (and mean log frame

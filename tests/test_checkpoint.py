@@ -27,7 +27,8 @@ OLD = FIXTURE / "casd_epoch1_of_2.pt"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
 # The old run was the first formulation (formulation §8): its flags reproduce it.
 FIRST = ["--no-frame-scale", "--likelihood", "point", "--tau", "1", "--tau-rows", "1", "--lambda-cd", "0.01",
-         "--distill", "mixture", "--no-cd-per-dim", "--task-input", "samples", "--missing-rate", "0.7"]
+         "--distill", "mixture", "--no-cd-per-dim", "--task-input", "samples", "--missing-rate", "0.7",
+         "--task-weights", "confidence"]
 ARGS = ["--synthetic-samples", "48", "24", "32", "--epochs", "2", "--hidden", "8", "--heads", "2",
         "--embed-dim", "4", "--batch-size", "16", "--threads", "1", "--no-progress", "--lr", "3e-3", *FIRST]
 

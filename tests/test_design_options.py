@@ -215,12 +215,12 @@ def test_defaults_are_the_validated_design_and_flags_round_trip(tmp_path):
     d = RunConfig()
     assert (d.model.frame_scale, d.model.availability, d.model.likelihood) == (True, "mask", "laplace")
     o = d.objective
-    assert (o.tau, o.tau_rows, o.lambda_cd, o.distill, o.cd_per_dim, o.task_input, o.lambda_warmup) == (
-        0.2, 1.0, 0.3, "component", True, "mean", 0.0)
-    assert d.train.missing_rate == 0.9
+    assert (o.tau, o.tau_rows, o.lambda_cd, o.distill, o.cd_per_dim, o.task_input, o.lambda_warmup, o.task_weights) == (
+        0.2, 1.0, 0.3, "component", True, "mean", 0.0, "uniform")
+    assert d.train.missing_rate == 0.9 and d.calibration.epochs == 10
     first = ["--no-frame-scale", "--likelihood", "point", "--tau", "1", "--tau-rows", "1", "--lambda-cd", "0.01",
              "--distill", "mixture", "--no-cd-per-dim", "--task-input", "samples", "--missing-rate", "0.7",
-             "--availability", "inputs", "--lambda-warmup", "0.3"]
+             "--availability", "inputs", "--lambda-warmup", "0.3", "--task-weights", "confidence"]
     config = config_from_argv(first)
     assert config.objective == ObjectiveConfig(**{**FIRST_FORMULATION, "lambda_warmup": 0.3})
     assert (config.model.frame_scale, config.model.likelihood, config.model.availability) == (False, "point", "inputs")
@@ -248,11 +248,12 @@ def test_a_run_recorded_before_the_design_reads_as_the_first_formulation():
     old = {"objective": {"tau": 0.5, "lambda_cd": 0.1}, "train": {"epochs": 3}}
     filled = recorded_before_issue_11(old, {"hidden": 8})  # network config without frame_scale
     assert filled["objective"] == {"distill": "mixture", "cd_per_dim": False, "lambda_warmup": 0.0,
-                                   "task_input": "samples", "tau": 0.5, "lambda_cd": 0.1, "tau_rows": 0.5}
+                                   "task_input": "samples", "tau": 0.5, "lambda_cd": 0.1, "tau_rows": 0.5,
+                                   "task_weights": "confidence"}
     assert filled["model"]["frame_scale"] is False and filled["model"]["likelihood"] == "point"
     assert filled["train"] == {"epochs": 3, "missing_rate": 0.7}
     assert filled["calibration"] == {"epochs": 0}  # and it predates held-out calibration
-    newer = {**old, "calibration": {"epochs": 10}}
+    newer = {**old, "calibration": {"epochs": 10}, "objective": {**old["objective"], "task_weights": "uniform"}}
     assert recorded_before_issue_11(newer, {"frame_scale": True}) is newer  # a newer run: as recorded
     assert recorded_before_issue_11(old, None) is old  # a hand-written file: today's defaults
 

@@ -21,7 +21,7 @@ from casd.checkpoint import BEFORE_ISSUE_11, recorded_before_issue_11
 from casd.config import RECORD_KEY, DeviceConfig, OutputConfig, RunConfig
 from casd.errors import ConfigError, OutputError
 from casd.flags import config_from_flags
-from casd.objective import FIRST_FORMULATION
+from casd.objective import FIRST_FORMULATION, ObjectiveConfig
 from casd.registry import MODEL_KINDS
 from casd.report import model_label
 from casd.serialize import flatten, from_dict, to_dict
@@ -98,8 +98,13 @@ def run_config(base: RunConfig, variant: str, seed: int, out: Path) -> RunConfig
 
 
 def _comparable(config: RunConfig) -> RunConfig:
-    """``config`` without what does not change results (where it ran and wrote, progress bars)."""
-    return replace(config, output=OutputConfig(), device=DeviceConfig(), train=replace(config.train, progress=True))
+    """``config`` without what does not change results (where it ran and wrote, progress bars; the
+    task weights of a model whose pi is uniform or that has none, for which both are the same)."""
+    objective = config.objective
+    if config.model.kind != "casd" or config.model.weighting == "uniform":
+        objective = replace(objective, task_weights=ObjectiveConfig.task_weights)
+    return replace(config, output=OutputConfig(), device=DeviceConfig(), train=replace(config.train, progress=True),
+                   objective=objective)
 
 
 def saved_config(report: dict, where: Path) -> RunConfig:
