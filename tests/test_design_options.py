@@ -198,7 +198,7 @@ def test_task_loss_on_means_and_the_deterministic_variant(monkeypatch):
     torch.manual_seed(0)
     model = _model()
     batch = random_batch(4)
-    objective = CASDObjective(ObjectiveConfig(task_input="mean", lambda_cd=0.0))
+    objective = CASDObjective(ObjectiveConfig(task_input="mean", lambda_cd=0.0, task_weights="confidence"))
     monkeypatch.setattr(objective.sampler, "forward", lambda *a: pytest.fail("no draws are needed"))
     losses = objective(model, batch, batch)
     mixture = model(batch)
@@ -208,6 +208,24 @@ def test_task_loss_on_means_and_the_deterministic_variant(monkeypatch):
     deterministic = _model(weighting="uniform")
     objective(deterministic, batch, batch).total.backward()
     assert deterministic.head.log_sigma.weight.grad is None and deterministic.head.nu_raw.weight.grad is None
+
+
+def test_uniform_task_weights_train_every_available_component_and_leave_pi_to_mixing():
+    torch.manual_seed(1)
+    model = _model(likelihood="laplace")
+    present = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 1, 0], [1, 1, 0]], dtype=torch.bool)
+    batch = random_batch(4, present)
+    losses = CASDObjective(ObjectiveConfig(lambda_cd=0.0))(model, batch, batch)
+    mixture = model(batch)
+    outputs = model.predictor(mixture.mu).squeeze(-1)
+    log_b = model.error_log_scale_of(mixture)
+    nll = (batch["labels"].unsqueeze(1) - outputs).abs() / log_b.exp() + log_b  # [B, K]
+    available = torch.isfinite(mixture.log_pi)
+    expected = (torch.where(available, nll, 0.0).sum(1) / available.sum(1)).mean()
+    torch.testing.assert_close(losses.task_teacher, expected)
+    # the confidence-weighted loss of the same model differs: the weights are what changed
+    confidence = CASDObjective(ObjectiveConfig(lambda_cd=0.0, task_weights="confidence"))(model, batch, batch)
+    assert not torch.allclose(confidence.task_teacher, losses.task_teacher)
 
 
 # --- configuration: defaults, flags, files, old runs, study variants -----------------------------
