@@ -23,7 +23,7 @@ LEVEL = {
     "inference": 7, "mmsa_run": 7, "results_csv": 7, "__main__": 7,
     "train": 7, "predict": 7, "study": 7, "flags": 7, "report": 7,
     "config": 6,
-    "trainer": 5, "checkpoint": 5, "evaluate": 5, "predictions": 5, "uncertainty_report": 5,
+    "trainer": 5, "checkpoint": 5, "evaluate": 5, "predictions": 5, "uncertainty_report": 5, "calibration": 5,
     "registry": 4, "model": 4, "baseline": 4, "encoders": 4, "objective": 4, "sampler": 4, "distillation": 4,
     "data": 3, "metrics": 3, "uncertainty_metrics": 3, "device": 3, "distributed": 3, "provenance": 3, "outputs": 3,
     "layers": 2,
