@@ -173,7 +173,8 @@ def recorded_before_issue_11(data: dict, network: dict | None) -> dict:
     tau (the one temperature it had), and lambda_cd, tau and the training missing rate the
     defaults of that time (0.01, 1.0, 0.7). A recorded run without a ``calibration`` section
     predates held-out calibration and ran none (epochs 0); one without ``objective.task_weights``
-    weighed its task loss by pi ("confidence"). A hand-written file (no network
+    weighed its task loss by pi ("confidence"); one without ``model.encoder`` ran the transformer
+    encoder on turning synthetic data. A hand-written file (no network
     config) is returned as is."""
     if isinstance(network, dict) and "calibration" not in data:
         # recorded before held-out calibration existed (casd.calibration): it did not calibrate
@@ -181,6 +182,12 @@ def recorded_before_issue_11(data: dict, network: dict | None) -> dict:
     if isinstance(network, dict) and "task_weights" not in (data.get("objective") or {}):
         # recorded before the task loss could weigh components uniformly: it weighed them by pi
         data = {**data, "objective": {**(data.get("objective") or {}), "task_weights": "confidence"}}
+    if isinstance(network, dict) and "encoder" not in (data.get("model") or {}):
+        # recorded before the easy-encoder variant: the transformer encoder on turning data
+        data = {**data, "model": {**(data.get("model") or {}), "encoder": "transformer"}}
+        synthetic = (data.get("data") or {}).get("synthetic")
+        if isinstance(synthetic, dict) and "turning" not in synthetic:
+            data = {**data, "data": {**data["data"], "synthetic": {**synthetic, "turning": True}}}
     if not isinstance(network, dict) or "frame_scale" in network:
         return data
     filled = {name: dict(data.get(name) or {}) for name in ("model", "objective", "train")}
@@ -232,12 +239,10 @@ def _config_fields_v1(checkpoint: dict) -> dict[str, Any]:
     return flatten(fields)
 
 
-# Fields added after runs were recorded without them, with the value that reproduces what those
-# runs did: resuming such a run compares the checkpoint as if it had recorded them.
-ADDED_SINCE: dict[str, dict[str, Any]] = {
-    "config": {"model.encoder": "transformer", "data.synthetic.turning": True},  # the easy-encoder variant (issue 11)
-    "metadata": {"synthetic.turning": True},  # SyntheticConfig.turning (same)
-}
+# Data-description fields added after runs were recorded without them, with the value those runs
+# had (their config fields are filled by recorded_before_issue_11): resuming such a run compares
+# the checkpoint's metadata as if it had recorded them.
+METADATA_ADDED_SINCE: dict[str, Any] = {"synthetic.turning": True}  # the easy-encoder variant (issue 11)
 
 
 def check_resumable(saved: dict, current: dict, path: str | os.PathLike) -> list[tuple[str, Any, Any]]:
@@ -250,9 +255,7 @@ def check_resumable(saved: dict, current: dict, path: str | os.PathLike) -> list
     try:
         mine, theirs = _config_fields(current), _config_fields(saved)
         saved_data, current_data = flatten(saved["metadata"]), flatten(current["metadata"])
-        if saved["format"] > 1:  # a field added since was, for this run, what its default does
-            theirs = {**ADDED_SINCE["config"], **theirs}
-        saved_data = {**ADDED_SINCE["metadata"], **saved_data}
+        saved_data = {**METADATA_ADDED_SINCE, **saved_data}
     except (KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"--resume: {path} does not record its run's settings ({type(exc).__name__}: "
                               f"{exc}); it is not a casd.train checkpoint") from exc

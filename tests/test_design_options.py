@@ -271,7 +271,8 @@ def test_a_run_recorded_before_the_design_reads_as_the_first_formulation():
     assert filled["model"]["frame_scale"] is False and filled["model"]["likelihood"] == "point"
     assert filled["train"] == {"epochs": 3, "missing_rate": 0.7}
     assert filled["calibration"] == {"epochs": 0}  # and it predates held-out calibration
-    newer = {**old, "calibration": {"epochs": 10}, "objective": {**old["objective"], "task_weights": "uniform"}}
+    newer = {**old, "calibration": {"epochs": 10}, "objective": {**old["objective"], "task_weights": "uniform"},
+             "model": {"encoder": "transformer"}}
     assert recorded_before_issue_11(newer, {"frame_scale": True}) is newer  # a newer run: as recorded
     assert recorded_before_issue_11(old, None) is old  # a hand-written file: today's defaults
 
