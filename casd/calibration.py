@@ -1,4 +1,4 @@
-"""Held-out calibration of the confidence (formulation §4.4): refit what sets u on the validation split.
+"""Held-out calibration of the confidence (formulation §4, "Held-out calibration of u"): refit what sets u on the validation split.
 
 Why: training calibrates u_k (log b_k = u_k + c, the Laplace likelihood of §4) on the training
 errors, and the network memorises its training labels. On complete inputs a trained model's
@@ -20,7 +20,9 @@ within +-0.002 in the notebook runs).
 Model selection (the best epoch) happens before, on the uncalibrated model, as always; the
 calibration's own validation NLL is in-sample and reported as such. Refit on one half of the
 validation split and scored on the other, it raised the test-weighted mean Spearman(ubar,
-|error|) from 0.08 to 0.17 on data seed 1 and from 0.13-0.17 to 0.16-0.18 on data seed 0 (docs/study.md).
+|error|) from 0.08 to 0.17 on data seed 1 and from 0.13-0.17 to 0.15-0.18 on data seed 0
+(formulation §8, docs/notebook/issue11_round2); on the test split the gain was small, and on a
+small validation split with an under-trained model it hurt (formulation §4).
 """
 from __future__ import annotations
 

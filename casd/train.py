@@ -166,7 +166,7 @@ def run(config: RunConfig) -> dict:
     best = read_checkpoint(out_dir / "best.pt", device)
     model.load_state_dict(best["model"])
     log.info("best epoch %d (validation %s %.4f)", state.best_epoch, selection, state.best_score)
-    # Held-out calibration of u (formulation §4.4), once per best.pt: a resumed run whose best.pt
+    # Held-out calibration of u (formulation §4), once per best.pt: a resumed run whose best.pt
     # holds it already does not calibrate twice.
     calibration = best.get("calibration")
     if calibration is None:
