@@ -172,13 +172,17 @@ def recorded_before_issue_11(data: dict, network: dict | None) -> dict:
     model_config) has no ``frame_scale`` (every network config has had it since). Its missing fields then take ``BEFORE_ISSUE_11``, tau_rows = its
     tau (the one temperature it had), and lambda_cd, tau and the training missing rate the
     defaults of that time (0.01, 1.0, 0.7). A recorded run without a ``calibration`` section
-    predates held-out calibration and ran none (epochs 0); one without ``objective.task_weights``
+    predates held-out calibration and ran none (epochs 0), one whose calibration has no ``fit``
+    refit the heads; one without ``objective.task_weights``
     weighed its task loss by pi ("confidence"); one without ``model.encoder`` ran the transformer
     encoder on turning synthetic data. A hand-written file (no network
     config) is returned as is."""
     if isinstance(network, dict) and "calibration" not in data:
         # recorded before held-out calibration existed (casd.calibration): it did not calibrate
         data = {**data, "calibration": {"epochs": 0}}
+    if isinstance(network, dict) and "fit" not in data["calibration"]:
+        # recorded before the reliability shift: what it calibrated (if anything) were the heads
+        data = {**data, "calibration": {"fit": "heads", **data["calibration"]}}
     if isinstance(network, dict) and "task_weights" not in (data.get("objective") or {}):
         # recorded before the task loss could weigh components uniformly: it weighed them by pi
         data = {**data, "objective": {**(data.get("objective") or {}), "task_weights": "confidence"}}

@@ -18,7 +18,7 @@ from casd.config import OutputConfig, RunConfig, load_config
 from casd.data.missing import TRAIN_PROTOCOLS
 from casd.errors import ConfigError
 from casd.registry import MODEL_KINDS
-from casd.vocab import (AMP_MODES, AVAILABILITIES, DATASETS, DISTILL_MODES, DISTRIBUTIONS, ENCODERS, LIKELIHOODS,
+from casd.vocab import (AMP_MODES, AVAILABILITIES, CALIBRATION_FITS, DATASETS, DISTILL_MODES, DISTRIBUTIONS, ENCODERS, LIKELIHOODS,
                         NOISE_STRATEGIES, TASK_INPUTS, TASK_WEIGHTS, TASKS, WEIGHTINGS)
 
 __all__ = ["build_parser", "config_from_argv", "config_from_flags"]
@@ -142,10 +142,14 @@ def build_parser(show_defaults: bool = True) -> argparse.ArgumentParser:
                        help="missingness of the student view in training")
     train.add_argument("--missing-rate", type=float, default=default(d.train.missing_rate),
                        help="max frame-drop rate / modality-drop probability in training")
+    train.add_argument("--calibration-fit", choices=CALIBRATION_FITS, default=default(d.calibration.fit),
+                       help="what the held-out calibration refits besides the Laplace offset: reliability = the "
+                       "shift of log sigma by statistics of the inputs (kept frames, their loudness), heads = the "
+                       "log-scale and nu heads")
     train.add_argument("--calibration-epochs", type=int, default=default(d.calibration.epochs),
-                       help="after training, refit what sets the uncertainty u (log-scale and nu heads, Laplace "
-                       "offset) on the validation split for this many passes, the rest frozen (0: no "
-                       "calibration; models without the Laplace likelihood have none)")
+                       help="after training, refit what sets the uncertainty u (--calibration-fit) on the "
+                       "validation split for this many passes, the rest frozen (0: no calibration; models "
+                       "without the Laplace likelihood have none)")
     train.add_argument("--calibration-lr", type=float, default=default(d.calibration.lr),
                        help="Adam learning rate of the held-out calibration")
     train.add_argument("--eval-seed", type=int, default=default(d.evaluation.seed),
@@ -211,6 +215,7 @@ FLAGS: dict[str, tuple[str, Callable[[Any], dict[str, Any]]]] = {
     "missing_protocol": ("train", lambda v: {"missing_protocol": v}),
     "missing_rate": ("train", lambda v: {"missing_rate": v}),
     "no_progress": ("train", lambda on: {"progress": False} if on else {}),
+    "calibration_fit": ("calibration", lambda v: {"fit": v}),
     "calibration_epochs": ("calibration", lambda v: {"epochs": v}),
     "calibration_lr": ("calibration", lambda v: {"lr": v}),
     "eval_seed": ("evaluation", lambda v: {"seed": v}),

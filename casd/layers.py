@@ -100,10 +100,17 @@ class StudentTHead(nn.Module):
         # softplus(b) = nu_init - nu_min, so nu starts at nu_init for every component.
         nn.init.constant_(self.nu_raw.bias, math.log(math.expm1(nu_init - nu_min)))
 
-    def forward(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """g [B, K, H] -> mu [B,K,D], log_sigma [B,K,D], nu [B,K], all float32."""
+    def forward(self, g: torch.Tensor, log_sigma_shift: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """g [B, K, H] -> mu [B,K,D], log_sigma [B,K,D], nu [B,K], all float32.
+
+        ``log_sigma_shift`` [B, K] is added to every coordinate of log_sigma before the clamp
+        (casd.reliability: the input-reliability shift)."""
         mu = self.mu(g).float()
-        log_sigma = self.log_sigma(g).float().clamp(*self.log_sigma_range)
+        log_sigma = self.log_sigma(g).float()
+        if log_sigma_shift is not None:
+            log_sigma = log_sigma + log_sigma_shift.float().unsqueeze(-1)
+        log_sigma = log_sigma.clamp(*self.log_sigma_range)
         if self.fixed_nu is not None:
             nu = torch.full(g.shape[:2], self.fixed_nu, device=g.device, dtype=torch.float32)
         else:

@@ -12,7 +12,8 @@ from casd.encoders import ModalityEncoders
 from casd.kernels import StudentTMixture, uncertainty
 from casd.layers import CombinationEmbedding, ConfidenceMixture, StudentTHead
 from casd.modalities import MODALITIES, component_availability
-from casd.vocab import AVAILABILITIES, DISTRIBUTIONS, ENCODERS, LIKELIHOODS, WEIGHTINGS
+from casd.reliability import ReliabilityShift
+from casd.vocab import AVAILABILITIES, CALIBRATION_FITS, DISTRIBUTIONS, ENCODERS, LIKELIHOODS, WEIGHTINGS
 
 __all__ = ["EncoderConfig", "ModelConfig", "CASDModel", "Prediction", "GAUSSIAN_NU"]
 
@@ -134,6 +135,9 @@ class CASDModel(nn.Module):
             nu0 = GAUSSIAN_NU if config.distribution == "gaussian" else config.nu_init
             u0 = uncertainty(torch.tensor([[nu0]]), torch.zeros(1, 1, config.embed_dim))
             self.error_log_scale = nn.Parameter(-u0.reshape(()).clone())
+            # δ_k(x) on log σ from input statistics (casd.reliability): frozen at zero in training,
+            # fit by the held-out calibration only.
+            self.reliability = ReliabilityShift()
 
     def error_log_scale_of(self, mixture: StudentTMixture) -> torch.Tensor:
         """log b_k = u_k + c [B, K]: the Laplace scale of y under each component (likelihood "laplace")."""
@@ -141,9 +145,16 @@ class CASDModel(nn.Module):
             raise ValueError("error_log_scale_of needs a model built with likelihood='laplace'")
         return mixture.component_uncertainty() + self.error_log_scale
 
-    def uncertainty_parameters(self) -> list[nn.Parameter]:
-        """What sets u and b and nothing else: the log-scale and degrees-of-freedom heads and c
-        (casd.calibration refits them on held-out data)."""
+    def uncertainty_parameters(self, fit: str = "heads") -> list[nn.Parameter]:
+        """What sets u and b and nothing else (casd.calibration refits them on held-out data):
+        c and, with ``fit="heads"``, the log-scale and degrees-of-freedom heads, with
+        ``fit="reliability"`` the input-reliability shift (likelihood "laplace" only)."""
+        if fit not in CALIBRATION_FITS:
+            raise ValueError(f"fit must be one of {CALIBRATION_FITS}, got {fit!r}")
+        if fit == "reliability":
+            if self.config.likelihood != "laplace":
+                raise ValueError("the reliability shift needs a model built with likelihood='laplace'")
+            return [*self.reliability.parameters(), self.error_log_scale]
         parameters = [*self.head.log_sigma.parameters(), *self.head.nu_raw.parameters()]
         if self.config.likelihood == "laplace":
             parameters.append(self.error_log_scale)
@@ -156,7 +167,8 @@ class CASDModel(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> StudentTMixture:
         """The per-sample Student-t mixture p(z | x); absent combinations get weight zero."""
         g = self.combine(self.modality_vectors(batch))
-        mu, log_sigma, nu = self.head(g)
+        shift = self.reliability(batch) if self.config.likelihood == "laplace" else None
+        mu, log_sigma, nu = self.head(g, shift)
         if self.config.availability == "inputs":  # all 7 from what the inputs hold (formulation §2.2)
             available = torch.ones(mu.shape[:2], dtype=torch.bool, device=mu.device)
         else:

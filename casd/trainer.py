@@ -165,7 +165,9 @@ class Trainer:
         self.context = context
         self.amp_dtype = resolve_amp(config.amp, device)
         self.missingness = TrainingMissingness(config.missing_protocol, config.missing_rate)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        # Frozen parameters (the reliability shift, fit only by the held-out calibration) stay out.
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
         steps_per_epoch = math.ceil(train_split.num_samples / config.batch_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(config.epochs * steps_per_epoch, config.warmup_fraction)

@@ -12,7 +12,8 @@ This module imports nothing from casd, so every layer may use it.
 from __future__ import annotations
 
 __all__ = ["TASKS", "DATASETS", "SPLITS", "NOISE_STRATEGIES", "AMP_MODES", "WEIGHTINGS", "DISTRIBUTIONS",
-           "AVAILABILITIES", "LIKELIHOODS", "DISTILL_MODES", "TASK_INPUTS", "TASK_WEIGHTS", "ENCODERS"]
+           "AVAILABILITIES", "LIKELIHOODS", "DISTILL_MODES", "TASK_INPUTS", "TASK_WEIGHTS", "ENCODERS",
+           "CALIBRATION_FITS"]
 
 # What the labels are: a sentiment score (L1 loss, MMSA regression metrics) or class ids
 # (cross-entropy, accuracy / F1; IEMOCAP-style `classification_labels`).
@@ -64,3 +65,8 @@ TASK_WEIGHTS: tuple[str, ...] = ("confidence", "uniform")
 # scale), for the easy-encoder synthetic variant of the study (docs/study.md).
 ENCODERS: tuple[str, ...] = ("transformer", "linear")
 
+
+# What the held-out calibration refits (casd.calibration, formulation §4): "reliability" = the
+# input-reliability shift of log sigma and c (casd.reliability), "heads" = the log sigma and nu
+# heads and c (issue 11's second round).
+CALIBRATION_FITS: tuple[str, ...] = ("reliability", "heads")

@@ -1,4 +1,4 @@
-"""Held-out calibration of u (casd.calibration, formulation §4.4)."""
+"""Held-out calibration of u (casd.calibration, formulation §4 "Held-out calibration of u")."""
 from __future__ import annotations
 
 import json
@@ -33,19 +33,27 @@ def model_with(likelihood: str = "laplace", **kwargs) -> CASDModel:
     return CASDModel(ModelConfig(feature_dims=DIMS, hidden=8, heads=2, embed_dim=4, likelihood=likelihood, **kwargs))
 
 
-def test_only_the_uncertainty_weights_move_and_the_loss_falls(valid):
+@pytest.mark.parametrize("fit, expected", [
+    ("reliability", {"reliability.weight", "reliability.bias", "error_log_scale"}),
+    ("heads", {"head.log_sigma.weight", "head.log_sigma.bias", "head.nu_raw.weight", "head.nu_raw.bias",
+               "error_log_scale"}),
+])
+def test_only_the_uncertainty_weights_move_and_the_loss_falls(valid, fit, expected):
     model = model_with()
     model.train()
-    names = {id(p) for p in model.uncertainty_parameters()}
-    assert len(names) == 5  # log-sigma weight and bias, nu weight and bias, c
+    names = {id(p) for p in model.uncertainty_parameters(fit)}
+    assert {name for name, p in model.named_parameters() if id(p) in names} == expected
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    report = calibrate_uncertainty(model, valid, TrainingMissingness("mixed", 0.9), CalibrationConfig(epochs=5, lr=1e-2),
-                                   "regression", torch.device("cpu"), seed=3)
-    assert report["epochs"] == 5 and report["valid_nll_after"] < report["valid_nll_before"] - 1e-3
+    learning = {name: p.requires_grad for name, p in model.named_parameters()}
+    report = calibrate_uncertainty(model, valid, TrainingMissingness("mixed", 0.9),
+                                   CalibrationConfig(fit=fit, epochs=5, lr=1e-2), "regression", torch.device("cpu"), seed=3)
+    assert report["fit"] == fit and report["epochs"] == 5
+    assert report["valid_nll_after"] < report["valid_nll_before"] - 1e-3
     for name, p in model.named_parameters():
         moved = not torch.equal(p, before[name])
         assert moved == (id(p) in names), name
-        assert p.requires_grad  # restored
+        assert p.requires_grad == learning[name]  # restored: the shift stays frozen for training
+    assert not model.reliability.weight.requires_grad
     assert model.training  # restored
 
 
@@ -55,7 +63,7 @@ def test_calibration_is_reproducible(valid):
         model = model_with()
         calibrate_uncertainty(model, valid, TrainingMissingness("mixed", 0.9), CalibrationConfig(epochs=2),
                               "regression", torch.device("cpu"), seed=5)
-        results.append(torch.cat([p.detach().flatten() for p in model.uncertainty_parameters()]))
+        results.append(torch.cat([p.detach().flatten() for p in model.uncertainty_parameters("reliability")]))
     torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
 
 
@@ -90,6 +98,7 @@ def test_zero_epochs_is_off(valid):
 
 
 @pytest.mark.parametrize("flags, named", [(["--calibration-epochs", "-1"], "--calibration-epochs"),
+                                          (["--calibration-fit", "everything"], "--calibration-fit"),
                                           (["--calibration-lr", "0"], "--calibration-lr"),
                                           (["--calibration-lr", "nan"], "--calibration-lr")])
 def test_bad_values_name_their_flag(flags, named):
@@ -105,6 +114,18 @@ def test_a_run_recorded_before_calibration_reads_as_uncalibrated(tmp_path):
     assert load_config(path).calibration.epochs == 0
     path.write_text(json.dumps({"train": {"epochs": 3}}))
     assert load_config(path).calibration.epochs == CalibrationConfig().epochs
+
+
+def test_a_run_recorded_before_the_reliability_shift_refit_the_heads(tmp_path):
+    """A calibration section without ``fit`` is issue 11's second round: it refit the heads."""
+    recorded = {"calibration": {"epochs": 10, "lr": 3e-3, "batch_size": 64},
+                RECORD_KEY: {"model_config": {"frame_scale": True}}}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(recorded))
+    calibration = load_config(path).calibration
+    assert (calibration.fit, calibration.epochs, calibration.lr) == ("heads", 10, 3e-3)
+    path.write_text(json.dumps({"calibration": {"epochs": 10}}))  # hand-written: today's default
+    assert load_config(path).calibration.fit == CalibrationConfig().fit
 
 
 def test_a_run_calibrates_once_and_records_it(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from casd import train
+from casd.calibration import CalibrationConfig
 from casd.checkpoint import BEFORE_ISSUE_11, recorded_before_issue_11
 from casd.config import RECORD_KEY, DeviceConfig, OutputConfig, RunConfig
 from casd.errors import ConfigError, OutputError
@@ -99,12 +100,18 @@ def run_config(base: RunConfig, variant: str, seed: int, out: Path) -> RunConfig
 
 def _comparable(config: RunConfig) -> RunConfig:
     """``config`` without what does not change results (where it ran and wrote, progress bars; the
-    task weights of a model whose pi is uniform or that has none, for which both are the same)."""
-    objective = config.objective
+    task weights of a model whose pi is uniform or that has none, for which both are the same; the
+    calibration of a model that has no Laplace scale to calibrate, or how a calibration of 0 epochs
+    would have run)."""
+    objective, calibration = config.objective, config.calibration
     if config.model.kind != "casd" or config.model.weighting == "uniform":
         objective = replace(objective, task_weights=ObjectiveConfig.task_weights)
+    if config.model.kind != "casd" or config.model.likelihood != "laplace":
+        calibration = CalibrationConfig()
+    elif calibration.epochs == 0:
+        calibration = CalibrationConfig(epochs=0)
     return replace(config, output=OutputConfig(), device=DeviceConfig(), train=replace(config.train, progress=True),
-                   objective=objective)
+                   objective=objective, calibration=calibration)
 
 
 def saved_config(report: dict, where: Path) -> RunConfig:
