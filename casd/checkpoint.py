@@ -180,9 +180,9 @@ def recorded_before_issue_11(data: dict, network: dict | None) -> dict:
     if isinstance(network, dict) and "calibration" not in data:
         # recorded before held-out calibration existed (casd.calibration): it did not calibrate
         data = {**data, "calibration": {"epochs": 0}}
-    if isinstance(network, dict) and "fit" not in data["calibration"]:
-        # recorded before the reliability shift: what it calibrated (if anything) were the heads
-        data = {**data, "calibration": {"fit": "heads", **data["calibration"]}}
+    elif isinstance(network, dict) and "fit" not in (data["calibration"] or {}):
+        # recorded before the reliability shift (casd.reliability): it refit the heads
+        data = {**data, "calibration": {"fit": "heads", **(data["calibration"] or {})}}
     if isinstance(network, dict) and "task_weights" not in (data.get("objective") or {}):
         # recorded before the task loss could weigh components uniformly: it weighed them by pi
         data = {**data, "objective": {**(data.get("objective") or {}), "task_weights": "confidence"}}

@@ -3,7 +3,7 @@
     entry points   train, predict, study, flags, report, inference, mmsa_run (python -m casd), results_csv
     run config     config
     training       trainer, checkpoint, evaluate, predictions, uncertainty_report
-    models         registry, model, baseline, encoders, objective, sampler, distillation
+    models         registry, model, baseline, reliability, encoders, objective, sampler, distillation
     services       data, metrics, uncertainty_metrics, device, distributed, provenance, outputs
     layers         layers
     tables         modalities, vocab, errors, serialize, _version, cli
@@ -24,14 +24,14 @@ LEVEL = {
     "train": 7, "predict": 7, "study": 7, "flags": 7, "report": 7,
     "config": 6,
     "trainer": 5, "checkpoint": 5, "evaluate": 5, "predictions": 5, "uncertainty_report": 5, "calibration": 5,
-    "registry": 4, "model": 4, "baseline": 4, "encoders": 4, "objective": 4, "sampler": 4, "distillation": 4,
+    "registry": 4, "model": 4, "baseline": 4, "reliability": 4, "encoders": 4, "objective": 4, "sampler": 4, "distillation": 4,
     "data": 3, "metrics": 3, "uncertainty_metrics": 3, "device": 3, "distributed": 3, "provenance": 3, "outputs": 3,
     "layers": 2,
     "modalities": 1, "vocab": 1, "errors": 1, "serialize": 1, "_version": 1, "cli": 1,
     "kernels": 0,
 }
 # Within the models level the dependencies still point one way.
-MODEL_ORDER = ["registry", "baseline", "objective", "distillation", "sampler", "model", "encoders"]
+MODEL_ORDER = ["registry", "baseline", "objective", "distillation", "sampler", "model", "reliability", "encoders"]
 
 
 def modules() -> list[tuple[str, Path]]:

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from casd.calibration import CalibrationConfig
 from casd.checkpoint import recorded_before_issue_11
 from casd.config import RunConfig, load_config
 from casd.distillation import ComponentDistillation, GlobalBatchDistillation, distillation_loss
@@ -235,11 +236,14 @@ def test_defaults_are_the_validated_design_and_flags_round_trip(tmp_path):
     o = d.objective
     assert (o.tau, o.tau_rows, o.lambda_cd, o.distill, o.cd_per_dim, o.task_input, o.lambda_warmup, o.task_weights) == (
         0.2, 1.0, 0.3, "component", True, "mean", 0.0, "uniform")
-    assert d.train.missing_rate == 0.9 and d.calibration.epochs == 10
+    assert d.train.missing_rate == 0.9
+    assert (d.calibration.fit, d.calibration.epochs, d.calibration.lr) == ("reliability", 25, 0.03)
     first = ["--no-frame-scale", "--likelihood", "point", "--tau", "1", "--tau-rows", "1", "--lambda-cd", "0.01",
              "--distill", "mixture", "--no-cd-per-dim", "--task-input", "samples", "--missing-rate", "0.7",
-             "--availability", "inputs", "--lambda-warmup", "0.3", "--task-weights", "confidence"]
+             "--availability", "inputs", "--lambda-warmup", "0.3", "--task-weights", "confidence",
+             "--calibration-fit", "heads", "--calibration-epochs", "10", "--calibration-lr", "3e-3"]
     config = config_from_argv(first)
+    assert config.calibration == CalibrationConfig(fit="heads", epochs=10, lr=3e-3)
     assert config.objective == ObjectiveConfig(**{**FIRST_FORMULATION, "lambda_warmup": 0.3})
     assert (config.model.frame_scale, config.model.likelihood, config.model.availability) == (False, "point", "inputs")
     path = tmp_path / "c.json"
@@ -271,7 +275,9 @@ def test_a_run_recorded_before_the_design_reads_as_the_first_formulation():
     assert filled["model"]["frame_scale"] is False and filled["model"]["likelihood"] == "point"
     assert filled["train"] == {"epochs": 3, "missing_rate": 0.7}
     assert filled["calibration"] == {"epochs": 0}  # and it predates held-out calibration
-    newer = {**old, "calibration": {"epochs": 10}, "objective": {**old["objective"], "task_weights": "uniform"},
+    assert recorded_before_issue_11({**old, "calibration": {"epochs": 10}}, {"frame_scale": True})["calibration"] == {
+        "fit": "heads", "epochs": 10}  # calibrated before the reliability shift: the heads
+    newer = {**old, "calibration": {"fit": "reliability", "epochs": 10}, "objective": {**old["objective"], "task_weights": "uniform"},
              "model": {"encoder": "transformer"}}
     assert recorded_before_issue_11(newer, {"frame_scale": True}) is newer  # a newer run: as recorded
     assert recorded_before_issue_11(old, None) is old  # a hand-written file: today's defaults
