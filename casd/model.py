@@ -145,7 +145,7 @@ class CASDModel(nn.Module):
             raise ValueError("error_log_scale_of needs a model built with likelihood='laplace'")
         return mixture.component_uncertainty() + self.error_log_scale
 
-    def uncertainty_parameters(self, fit: str = "heads") -> list[nn.Parameter]:
+    def uncertainty_parameters(self, fit: str) -> list[nn.Parameter]:
         """What sets u and b and nothing else (casd.calibration refits them on held-out data):
         c and, with ``fit="heads"``, the log-scale and degrees-of-freedom heads, with
         ``fit="reliability"`` the input-reliability shift (likelihood "laplace" only)."""

@@ -128,3 +128,12 @@ def test_calibrating_the_shift_learns_that_louder_inputs_err_more():
                                    CalibrationConfig(epochs=30, lr=0.05), "regression", torch.device("cpu"), seed=1)
     assert report["valid_nll_after"] < report["valid_nll_before"]
     assert ranking() > 0.9
+
+
+def test_only_a_laplace_model_has_a_shift_and_fits_are_named():
+    point = CASDModel(ModelConfig(feature_dims=DIMS, hidden=8, heads=2, embed_dim=4, likelihood="point"))
+    assert not hasattr(point, "reliability")
+    with pytest.raises(ValueError, match="likelihood='laplace'"):
+        point.uncertainty_parameters("reliability")
+    with pytest.raises(ValueError, match="fit must be one of"):
+        laplace_model().uncertainty_parameters("everything")
