@@ -18,8 +18,8 @@ from casd.config import OutputConfig, RunConfig, load_config
 from casd.data.missing import TRAIN_PROTOCOLS
 from casd.errors import ConfigError
 from casd.registry import MODEL_KINDS
-from casd.vocab import (AMP_MODES, AVAILABILITIES, CALIBRATION_FITS, DATASETS, DISTILL_MODES, DISTRIBUTIONS, ENCODERS, LIKELIHOODS,
-                        NOISE_STRATEGIES, TASK_INPUTS, TASK_WEIGHTS, TASKS, WEIGHTINGS)
+from casd.vocab import (AMP_MODES, AVAILABILITIES, CALIBRATION_FITS, DATASETS, DISTILL_MODES, DISTRIBUTIONS,
+                        ENCODERS, LIKELIHOODS, NOISE_STRATEGIES, TASK_INPUTS, TASK_WEIGHTS, TASKS, WEIGHTINGS)
 
 __all__ = ["build_parser", "config_from_argv", "config_from_flags"]
 

@@ -42,11 +42,10 @@ def input_statistics(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         lengths = batch[f"{name}_lengths"]
         kept = length_mask(lengths, x.shape[1]) & (x != 0).any(dim=-1)  # dropped frames are all zero
         count = kept.sum(dim=1).float()
-        some = count > 0
         fraction = count / lengths.clamp_min(1).float()
-        loudness = (log_frame_scale(x).squeeze(-1) * kept).sum(dim=1) / count.clamp_min(1.0)
-        sparsity = torch.where(some, count.clamp_min(1.0).rsqrt(), torch.zeros_like(count))
-        rows.append(torch.stack([fraction, loudness * some, sparsity], dim=-1))
+        loudness = (log_frame_scale(x).squeeze(-1) * kept).sum(dim=1) / count.clamp_min(1.0)  # 0 if none kept
+        sparsity = torch.where(count > 0, count.clamp_min(1.0).rsqrt(), torch.zeros_like(count))
+        rows.append(torch.stack([fraction, loudness, sparsity], dim=-1))
     return torch.stack(rows, dim=1)
 
 

@@ -65,7 +65,6 @@ TASK_WEIGHTS: tuple[str, ...] = ("confidence", "uniform")
 # scale), for the easy-encoder synthetic variant of the study (docs/study.md).
 ENCODERS: tuple[str, ...] = ("transformer", "linear")
 
-
 # What the held-out calibration refits (casd.calibration, formulation §4): "reliability" = the
 # input-reliability shift of log sigma and c (casd.reliability), "heads" = the log sigma and nu
 # heads and c (issue 11's second round).
